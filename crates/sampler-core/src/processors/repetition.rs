@@ -1,0 +1,149 @@
+//! Repetition penalty with distance decay and a window, in the reference VALL-E "divide" form
+//! (SPEC §4).
+//!
+//! For a row with history `h[0..H)` and every position i at distance `D = H - i` (1 = most
+//! recent) with `window == 0 || D < window`: `logit[h[i]] /= penalty * D^decay`, once per
+//! occurrence and whatever the logit's sign. The default window of 75 is one second of EnCodec
+//! audio. In NAR mode the history of row j is the previous level's codes before j (see
+//! [`crate::History::nar_from_previous_level`]), so D = j - i.
+//!
+//! Implementation: the divisors multiply, so their logarithms add: one scatter-add of
+//! `ln(penalty) + decay * ln(D)` per history entry into a `[rows, vocab]` buffer, then one
+//! division by its exponential. All on the device.
+
+use candle_core::{DType, Tensor};
+
+use crate::context::SamplingContext;
+use crate::error::Result;
+use crate::param::RowParam;
+use crate::processor::LogitsProcessor;
+
+#[derive(Clone, Debug)]
+pub struct RepetitionPenalty {
+    penalty: RowParam,
+    decay: RowParam,
+    window: RowParam,
+}
+
+impl RepetitionPenalty {
+    /// `penalty` > 0 (1 = off), `decay` finite, `window` >= 0 (0 = the whole history).
+    pub fn new(
+        penalty: impl Into<RowParam>,
+        decay: impl Into<RowParam>,
+        window: impl Into<RowParam>,
+    ) -> Result<Self> {
+        let (penalty, decay, window) = (penalty.into(), decay.into(), window.into());
+        penalty.check("repetition_penalty", "> 0", |v| v > 0.0 && v.is_finite())?;
+        decay.check("repetition_penalty_decay", "finite", f32::is_finite)?;
+        window.check("repetition_penalty_window", "a count >= 0", |v| v >= 0.0 && v.fract() == 0.0)?;
+        Ok(Self { penalty, decay, window })
+    }
+
+    /// The `[rows, vocab]` log-divisor: the sum over the penalised occurrences of each token.
+    pub(crate) fn log_divisor(&self, logits: &Tensor, ctx: &SamplingContext) -> Result<Option<Tensor>> {
+        let Some(hist) = ctx.history() else { return Ok(None) };
+        if hist.width() == 0 {
+            return Ok(None);
+        }
+        let (rows, vocab) = logits.dims2()?;
+        let dev = logits.device();
+        let tokens = hist.tokens()?;
+        let width = hist.width();
+        let lens = hist.lens().to_dtype(DType::F32)?.reshape((rows, 1))?;
+        let pos = Tensor::arange(0f32, width as f32, dev)?.unsqueeze(0)?;
+        let dist = lens.broadcast_sub(&pos)?;
+        let window = self.window.column(rows, dev)?;
+        let in_window = window.eq(0f32)?.broadcast_add(&dist.broadcast_lt(&window)?)?.gt(0u8)?;
+        let valid = (dist.ge(1f32)? * in_window)?;
+        let log_pen = self.penalty.column(rows, dev)?.log()?;
+        let decay = self.decay.column(rows, dev)?;
+        let weight = dist.maximum(1f32)?.log()?.broadcast_mul(&decay)?.broadcast_add(&log_pen)?;
+        let weight = valid.where_cond(&weight, &weight.zeros_like()?)?;
+        // Entries past a row's length may hold anything; point them at id 0 with weight 0.
+        let ids = valid.where_cond(&tokens, &tokens.zeros_like()?)?.contiguous()?;
+        let acc = Tensor::zeros((rows, vocab), DType::F32, dev)?;
+        Ok(Some(acc.scatter_add(&ids, &weight.contiguous()?, 1)?))
+    }
+}
+
+impl LogitsProcessor for RepetitionPenalty {
+    fn name(&self) -> &'static str {
+        "repetition_penalty"
+    }
+
+    fn apply(&self, logits: &Tensor, ctx: &SamplingContext) -> Result<Tensor> {
+        match self.log_divisor(logits, ctx)? {
+            None => Ok(logits.clone()),
+            Some(ld) => Ok((logits / ld.exp()?)?),
+        }
+    }
+
+    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
+        Box::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{assert_close, ctx, ctx_with_history, rows, t2};
+
+    #[test]
+    fn divides_once_per_occurrence_whatever_the_sign() -> Result<()> {
+        let x = t2(&[&[3.0, -2.0, 4.0, 1.0]]);
+        // token 1 twice, token 0 once: 0 / 2, 1 / 4 (negative too).
+        let c = ctx_with_history(&[vec![1, 0, 1]]);
+        let y = RepetitionPenalty::new(2.0, 0.0, 75.0)?.apply(&x, &c)?;
+        assert_close(&rows(&y), &[vec![1.5, -0.5, 4.0, 1.0]]);
+        Ok(())
+    }
+
+    #[test]
+    fn decay_uses_distance_from_the_end() -> Result<()> {
+        let x = t2(&[&[8.0, 8.0, 8.0]]);
+        // history [0, 1, 2]: distances 3, 2, 1; divisor 2 * D^0.5.
+        let c = ctx_with_history(&[vec![0, 1, 2]]);
+        let y = RepetitionPenalty::new(2.0, 0.5, 0.0)?.apply(&x, &c)?;
+        let s = |d: f32| 8.0 / (2.0 * d.sqrt());
+        assert_close(&rows(&y), &[vec![s(3.0), s(2.0), s(1.0)]]);
+        Ok(())
+    }
+
+    #[test]
+    fn window_excludes_distance_at_or_beyond_it() -> Result<()> {
+        let x = t2(&[&[6.0, 6.0, 6.0]]);
+        // window 2: only distance 1 (the last token) counts.
+        let c = ctx_with_history(&[vec![0, 1, 2]]);
+        let y = RepetitionPenalty::new(3.0, 0.0, 2.0)?.apply(&x, &c)?;
+        assert_close(&rows(&y), &[vec![6.0, 6.0, 2.0]]);
+        Ok(())
+    }
+
+    #[test]
+    fn padded_rows_and_empty_history() -> Result<()> {
+        let x = t2(&[&[6.0, 6.0], &[6.0, 6.0]]);
+        let c = ctx_with_history(&[vec![1, -1], vec![-1, -1]]);
+        let y = RepetitionPenalty::new(2.0, 0.0, 75.0)?.apply(&x, &c)?;
+        assert_close(&rows(&y), &[vec![6.0, 3.0], vec![6.0, 6.0]]);
+        let y = RepetitionPenalty::new(2.0, 0.0, 75.0)?.apply(&x, &ctx())?;
+        assert_close(&rows(&y), &rows(&x));
+        Ok(())
+    }
+
+    #[test]
+    fn per_row_penalty() -> Result<()> {
+        let x = t2(&[&[6.0, 6.0], &[6.0, 6.0]]);
+        let c = ctx_with_history(&[vec![0], vec![0]]);
+        let pen = Tensor::new(&[2f32, 3.0], &candle_core::Device::Cpu)?;
+        let y = RepetitionPenalty::new(pen, 0.0, 75.0)?.apply(&x, &c)?;
+        assert_close(&rows(&y), &[vec![3.0, 6.0], vec![2.0, 6.0]]);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_non_positive_penalty() {
+        assert!(RepetitionPenalty::new(0.0, 0.0, 75.0).is_err());
+        assert!(RepetitionPenalty::new(1.5, f32::NAN, 75.0).is_err());
+        assert!(RepetitionPenalty::new(1.5, 0.0, -1.0).is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! Temperature: t > 0 divides the logits by t; t <= 0 leaves them alone and means a greedy draw
+//! (the draw rule is derived from the same parameter, see [`crate::DrawRule::from_temperature`]).
+
+use candle_core::Tensor;
+
+use crate::context::SamplingContext;
+use crate::error::Result;
+use crate::param::RowParam;
+use crate::processor::LogitsProcessor;
+use crate::tensor_ops::full_like;
+
+#[derive(Clone, Debug)]
+pub struct Temperature {
+    t: RowParam,
+}
+
+impl Temperature {
+    /// `t` finite; <= 0 is greedy.
+    pub fn new(t: impl Into<RowParam>) -> Result<Self> {
+        let t = t.into();
+        t.check("temperature", "finite", f32::is_finite)?;
+        Ok(Self { t })
+    }
+
+    /// The per-row divisor: t where t > 0, else 1.
+    pub(crate) fn divisor(t: &Tensor) -> Result<Tensor> {
+        Ok(t.gt(0f32)?.where_cond(t, &full_like(t, 1.0)?)?)
+    }
+}
+
+impl LogitsProcessor for Temperature {
+    fn name(&self) -> &'static str {
+        "temperature"
+    }
+
+    fn apply(&self, logits: &Tensor, _ctx: &SamplingContext) -> Result<Tensor> {
+        let t = self.t.column(logits.dim(0)?, logits.device())?;
+        Ok(logits.broadcast_div(&Self::divisor(&t)?)?)
+    }
+
+    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
+        Box::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{assert_close, ctx, rows, t2};
+
+    #[test]
+    fn divides_when_positive_only() -> Result<()> {
+        let x = t2(&[&[1.0, -2.0, f32::NEG_INFINITY], &[1.0, -2.0, 4.0]]);
+        let t = Tensor::new(&[0.5f32, 0.0], &candle_core::Device::Cpu)?;
+        let y = Temperature::new(t)?.apply(&x, &ctx())?;
+        assert_close(&rows(&y), &[vec![2.0, -4.0, f32::NEG_INFINITY], vec![1.0, -2.0, 4.0]]);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_nan() {
+        assert!(Temperature::new(f32::NAN).is_err());
+    }
+}
