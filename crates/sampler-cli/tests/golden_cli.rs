@@ -1,12 +1,10 @@
 //! Every golden case of ../shared/golden through the `sampler` binary, judged as its README says.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Tensor};
-use common::{cases, check_apply, check_distribution, Case};
+use sampler_cli::golden::{cases, check_apply, check_distribution, Case};
 
 fn sampler() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sampler"))

@@ -1,9 +1,7 @@
 //! Every golden case of ../shared/golden through the sampler-core library API directly.
 
-mod common;
-
 use candle_core::{DType, Device, Tensor};
-use common::{cases, check_apply, check_distribution, Case};
+use sampler_cli::golden::{cases, check_apply, check_distribution, Case};
 use sampler_core::{History, Mode, Sampler, SamplerConfig, SamplingContext};
 
 /// Runs the case through the library: the processed logits or the tokens of one seed.
