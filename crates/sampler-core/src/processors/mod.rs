@@ -2,6 +2,7 @@
 
 pub mod ban;
 pub mod dynamic_temperature;
+pub mod fused;
 pub mod length;
 pub mod min_p;
 pub mod repetition;
@@ -12,6 +13,7 @@ pub mod top_p;
 
 pub use ban::{BanTokens, LogitBias};
 pub use dynamic_temperature::DynamicTemperature;
+pub use fused::{FilterParams, FusedFilter, FusedPenalties, PenaltyParams};
 pub use length::LengthPenalty;
 pub use min_p::MinP;
 pub use repetition::RepetitionPenalty;
