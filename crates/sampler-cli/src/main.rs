@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::DType;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sampler_core::{Mode, Sampler, SamplingContext};
+use sampler_core::{ExecPath, Mode, Sampler, SamplerBuilder, SamplingContext};
 
 use sampler_cli::device::DeviceArg;
 use sampler_cli::io;
@@ -62,6 +62,13 @@ enum ModeArg {
     Nar,
 }
 
+/// `--path`: the fused ops where the device has them, or every processor as plain tensor ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PathArg {
+    Fused,
+    Plain,
+}
+
 #[derive(Args)]
 struct Input {
     #[arg(long)]
@@ -74,6 +81,8 @@ struct Input {
     mode: ModeArg,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    #[arg(long, value_enum, default_value_t = PathArg::Fused)]
+    path: PathArg,
 }
 
 struct Prepared {
@@ -93,7 +102,14 @@ impl Input {
         let cfg = io::read_config(&self.config)?;
         let device = self.device.open()?;
         let batch = io::read_batch(&self.logits, self.history.as_deref(), self.mode(), &device)?;
-        let sampler = Sampler::from_config(&cfg, self.mode())?;
+        let path = match self.path {
+            PathArg::Fused => ExecPath::Fused,
+            PathArg::Plain => ExecPath::Plain,
+        };
+        cfg.validate()?;
+        let sampler = SamplerBuilder::from_config(&cfg, self.mode())
+            .path(path)
+            .build()?;
         Ok(Prepared { sampler, batch })
     }
 }
@@ -166,6 +182,7 @@ fn run(cli: Cli) -> Result<()> {
                 "rows": rows,
                 "vocab": vocab,
                 "device": input.device.name(),
+                "path": format!("{:?}", input.path).to_lowercase(),
                 "chain": p.sampler.chain().names(),
             });
             println!("{report}");
