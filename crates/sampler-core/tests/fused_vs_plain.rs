@@ -13,7 +13,13 @@ use sampler_core::{
     ExecPath, History, Mode, Sampler, SamplerBuilder, SamplerConfig, SamplerError, SamplingContext,
 };
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/golden");
+/// The golden folder: $SAMPLER_GOLDEN_DIR, or ../shared/golden beside the repository.
+fn golden_dir() -> std::path::PathBuf {
+    match std::env::var("SAMPLER_GOLDEN_DIR") {
+        Ok(d) => d.into(),
+        Err(_) => concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/golden").into(),
+    }
+}
 
 fn sampler(cfg: &SamplerConfig, mode: Mode, path: ExecPath) -> Sampler {
     cfg.validate().unwrap();
@@ -154,8 +160,9 @@ fn context(case: &Case, seed: u64) -> SamplingContext {
 }
 
 fn golden_cases(kind: &str) -> Vec<Case> {
-    let mut dirs: Vec<_> = std::fs::read_dir(GOLDEN)
-        .unwrap_or_else(|e| panic!("golden cases at {GOLDEN}: {e}"))
+    let golden = golden_dir();
+    let mut dirs: Vec<_> = std::fs::read_dir(&golden)
+        .unwrap_or_else(|e| panic!("golden cases at {}: {e}", golden.display()))
         .map(|d| d.unwrap().path())
         .filter(|p| p.join("meta.json").exists())
         .collect();
@@ -201,7 +208,7 @@ fn golden_apply_cases_agree_between_paths_and_with_the_reference() {
             panic!("{}: fused and plain differ: {e}", case.name);
         }
         // The fused path against the reference itself, with the case's tolerances.
-        let dir = std::path::Path::new(GOLDEN).join(&case.name);
+        let dir = golden_dir().join(&case.name);
         let expected = Tensor::read_npy(dir.join("expected.npy")).unwrap();
         let expected = expected
             .reshape(case.logits.shape())
