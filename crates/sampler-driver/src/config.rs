@@ -78,23 +78,25 @@ impl StageConfig {
         Ok(())
     }
 
-    /// The sampler for `batch * positions` rows (row `b * positions + j` is position j of
-    /// sequence b), with the per-sequence values uploaded to `device` once.
+    /// The sampler for rows that belong to the sequences in order, `repeats[b]` rows for
+    /// sequence b (AR: 1 each; NAR: one per position), with the per-sequence values expanded
+    /// and uploaded to `device` once.
     pub(crate) fn sampler(
         &self,
         mode: Mode,
         stop_token: u32,
-        batch: usize,
-        positions: usize,
+        repeats: &[usize],
         device: &Device,
     ) -> Result<Sampler> {
         let mut b = SamplerBuilder::from_config(&self.sampler, mode).stop_token(Some(stop_token));
+        let rows: usize = repeats.iter().sum();
         for (knob, values) in &self.per_sequence {
-            let rows: Vec<f32> = values
+            let per_row: Vec<f32> = values
                 .iter()
-                .flat_map(|&v| std::iter::repeat_n(v, positions))
+                .zip(repeats)
+                .flat_map(|(&v, &n)| std::iter::repeat_n(v, n))
                 .collect();
-            b = knob.set(b, Tensor::from_vec(rows, batch * positions, device)?.into());
+            b = knob.set(b, Tensor::from_vec(per_row, rows, device)?.into());
         }
         Ok(b.build()?)
     }

@@ -258,10 +258,9 @@ impl Driver {
     ) -> Result<(Tensor, Vec<usize>, usize)> {
         let batch = rows.len();
         let limit = *plan.max_lens.iter().max().unwrap_or(&0);
-        let mut sampler = self
-            .config
-            .ar
-            .sampler(Mode::Ar, plan.stop_token, batch, 1, device)?;
+        let one_row_each = vec![1; batch];
+        let ar = &self.config.ar;
+        let mut sampler = ar.sampler(Mode::Ar, plan.stop_token, &one_row_each, device)?;
         let max_lens: Vec<u32> = plan.max_lens.iter().map(|&n| n as u32).collect();
         let max_lens = Tensor::from_vec(max_lens, batch, device)?;
         // 1 = the row is finished: it drew the stop token or reached its own limit.
@@ -343,33 +342,58 @@ impl Driver {
         }
         let mut codes = level0.unsqueeze(2)?;
         let lens_host: Vec<u32> = lens.iter().map(|&n| n as u32).collect();
-        let lens = Tensor::from_vec(lens_host, batch, &device)?;
-        let valid = valid_positions(&lens, t_max)?;
-        let pad = Tensor::full(plan.stop_token, (batch, t_max), &device)?;
+        let lens_t = Tensor::from_vec(lens_host, batch, &device)?;
+        // The chain runs on the positions below each row's length only (padding costs
+        // nothing): chain row r is position `pos_of[r]` of sequence `seq_of[r]`, in order.
         let stride = self.config.max_steps as u32;
-        let row_ids: Vec<u32> = rows
-            .ids
-            .iter()
-            .flat_map(|&id| (0..t_max as u32).map(move |j| id * stride + j))
-            .collect();
-        let mut sampler =
-            self.config
-                .nar
-                .sampler(Mode::Nar, plan.stop_token, batch, t_max, &device)?;
+        let (mut seq_of, mut pos_of, mut flat_of, mut row_ids) = (vec![], vec![], vec![], vec![]);
+        for (b, &len) in lens.iter().enumerate() {
+            for j in 0..len as u32 {
+                seq_of.push(b as u32);
+                pos_of.push(j);
+                flat_of.push((b * t_max) as u32 + j);
+                row_ids.push(rows.ids[b] * stride + j);
+            }
+        }
+        let n = seq_of.len();
+        // Where each (b, j) of the `[batch * T_max]` output reads from `[drawn; stop token]`.
+        let mut scatter_back = vec![n as u32; batch * t_max];
+        for (r, &f) in flat_of.iter().enumerate() {
+            scatter_back[f as usize] = r as u32;
+        }
+        let seq_of = Tensor::from_vec(seq_of, n, &device)?;
+        let pos_of = Tensor::from_vec(pos_of, n, &device)?;
+        let flat_of = Tensor::from_vec(flat_of, n, &device)?;
+        let scatter_back = Tensor::from_vec(scatter_back, batch * t_max, &device)?;
+        let stop = Tensor::new(&[plan.stop_token], &device)?;
+        let mut sampler = self
+            .config
+            .nar
+            .sampler(Mode::Nar, plan.stop_token, lens, &device)?;
         for level in 1..plan.levels {
             let logits = model
-                .nar_level(&codes, &lens, level)
+                .nar_level(&codes, &lens_t, level)
                 .map_err(|e| DriverError::Model(format!("NAR level {level}: {e}")))?;
             check_logits(&logits, &[batch, t_max, plan.vocab], "NAR level")?;
-            let previous = codes.i((.., .., level - 1))?.contiguous()?;
+            let logits = logits
+                .reshape((batch * t_max, plan.vocab))?
+                .index_select(&flat_of, 0)?;
+            // Position j sees the previous level before j (SPEC §4): its history is the
+            // previous level of its sequence with length j.
+            let previous = codes
+                .i((.., .., level - 1))?
+                .contiguous()?
+                .index_select(&seq_of, 0)?;
             let ctx = SamplingContext::new(seed)
                 .with_step(NAR_STEP_BASE + level as u64)
                 .with_row_ids(row_ids.clone())
-                .with_history(History::nar_from_previous_level(&previous)?)
+                .with_history(History::new(&previous, &pos_of)?)
                 .with_validation(level == 1);
             sampler.reset();
-            let drawn = sampler.sample(&logits.reshape((batch * t_max, plan.vocab))?, &ctx)?;
-            let next = valid.where_cond(&drawn.tokens.reshape((batch, t_max))?, &pad)?;
+            let drawn = sampler.sample(&logits, &ctx)?;
+            let next = Tensor::cat(&[&drawn.tokens, &stop], 0)?
+                .index_select(&scatter_back, 0)?
+                .reshape((batch, t_max))?;
             codes = Tensor::cat(&[&codes, &next.unsqueeze(2)?], 2)?;
             observer(Progress::NarLevel {
                 level,
