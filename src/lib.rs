@@ -1,10 +1,8 @@
 //! # candle-sampler
 //!
-//! Batched, on-device token sampling for candle: the VALL-E sampler pipeline and the usual LLM
-//! samplers as a chain of tensor ops ([`core`]), fused kernels for its hot segments
-//! ([`kernels`]), and an AR/NAR generation driver for codec language models ([`driver`]).
-//!
-//! The most used items are re-exported at the top level.
+//! Batched, on-device token sampling for [candle](https://github.com/huggingface/candle): the
+//! reference VALL-E sampler pipeline and the usual LLM samplers as a chain of tensor processors,
+//! with fused kernels and an AR/NAR driver. This crate re-exports the workspace crates.
 
 pub use sampler_core as core;
 pub use sampler_driver as driver;

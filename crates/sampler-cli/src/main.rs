@@ -1,9 +1,6 @@
 //! The `sampler` command line (SPEC §8): `apply`, `sample`, `bench`, `selftest`.
 //! Every failure prints one line to stderr, exits with status 1 and writes no output file.
 
-mod device;
-mod io;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -13,10 +10,15 @@ use candle_core::DType;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sampler_core::{Mode, Sampler, SamplingContext};
 
-use device::DeviceArg;
+use sampler_cli::device::DeviceArg;
+use sampler_cli::io;
 
 #[derive(Parser)]
-#[command(name = "sampler", version, about = "Batched token sampling on candle tensors (VALL-E and LLM samplers)")]
+#[command(
+    name = "sampler",
+    version,
+    about = "Batched token sampling on candle tensors (VALL-E and LLM samplers)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -111,15 +113,28 @@ fn run(cli: Cli) -> Result<()> {
             let y = p.sampler.apply(&p.batch.logits, &context(&p.batch, 0))?;
             let mut shape = p.batch.token_shape.clone();
             shape.push(y.dim(1)?);
-            io::write_npy_atomic(&y.reshape(shape)?.to_device(&candle_core::Device::Cpu)?, &out)
+            io::write_npy_atomic(
+                &y.reshape(shape)?.to_device(&candle_core::Device::Cpu)?,
+                &out,
+            )
         }
         Cmd::Sample { input, seed, out } => {
             let mut p = input.prepare()?;
-            let d = p.sampler.sample(&p.batch.logits, &context(&p.batch, seed))?;
-            let tokens = d.tokens.to_dtype(DType::I64)?.reshape(p.batch.token_shape.clone())?;
+            let d = p
+                .sampler
+                .sample(&p.batch.logits, &context(&p.batch, seed))?;
+            let tokens = d
+                .tokens
+                .to_dtype(DType::I64)?
+                .reshape(p.batch.token_shape.clone())?;
             io::write_npy_atomic(&tokens.to_device(&candle_core::Device::Cpu)?, &out)
         }
-        Cmd::Bench { input, iters, seed, json: _ } => {
+        Cmd::Bench {
+            input,
+            iters,
+            seed,
+            json: _,
+        } => {
             if iters == 0 {
                 bail!("--iters must be at least 1");
             }

@@ -23,7 +23,9 @@ impl std::str::FromStr for Mode {
         match s {
             "ar" => Ok(Mode::Ar),
             "nar" => Ok(Mode::Nar),
-            other => Err(SamplerError::Config(format!("mode must be ar or nar, got {other:?}"))),
+            other => Err(SamplerError::Config(format!(
+                "mode must be ar or nar, got {other:?}"
+            ))),
         }
     }
 }
@@ -95,7 +97,8 @@ fn check(name: &'static str, ok: bool, what: &str, v: impl std::fmt::Display) ->
 impl SamplerConfig {
     /// Parses JSON, rejecting unknown keys, and validates the values.
     pub fn from_json(text: &str) -> Result<Self> {
-        let cfg: Self = serde_json::from_str(text).map_err(|e| SamplerError::Config(e.to_string()))?;
+        let cfg: Self =
+            serde_json::from_str(text).map_err(|e| SamplerError::Config(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -132,12 +135,27 @@ impl SamplerConfig {
         check("temperature", t.is_finite(), "finite", t)?;
         let tm = self.min_temperature;
         check("min_temperature", tm.is_finite(), "finite", tm)?;
-        check("top_p", (0.0..=1.0).contains(&self.top_p), "in [0, 1]", self.top_p)?;
-        check("min_p", (0.0..=1.0).contains(&self.min_p), "in [0, 1]", self.min_p)?;
+        check(
+            "top_p",
+            (0.0..=1.0).contains(&self.top_p),
+            "in [0, 1]",
+            self.top_p,
+        )?;
+        check(
+            "min_p",
+            (0.0..=1.0).contains(&self.min_p),
+            "in [0, 1]",
+            self.min_p,
+        )?;
         let m = self.min_p_min_tokens;
         check("min_p_min_tokens", m >= 0, ">= 0", m)?;
         let rp = self.repetition_penalty;
-        check("repetition_penalty", rp > 0.0 && rp.is_finite(), "> 0 and finite", rp)?;
+        check(
+            "repetition_penalty",
+            rp > 0.0 && rp.is_finite(),
+            "> 0 and finite",
+            rp,
+        )?;
         let d = self.repetition_penalty_decay;
         check("repetition_penalty_decay", d.is_finite(), "finite", d)?;
         let w = self.repetition_penalty_window;
@@ -145,12 +163,27 @@ impl SamplerConfig {
         let lp = self.length_penalty;
         check("length_penalty", lp.is_finite(), "finite", lp)?;
         let dm = self.dry_multiplier;
-        check("dry_multiplier", dm >= 0.0 && dm.is_finite(), ">= 0 and finite", dm)?;
+        check(
+            "dry_multiplier",
+            dm >= 0.0 && dm.is_finite(),
+            ">= 0 and finite",
+            dm,
+        )?;
         let db = self.dry_base;
-        check("dry_base", db >= 1.0 && db.is_finite(), ">= 1 and finite", db)?;
+        check(
+            "dry_base",
+            db >= 1.0 && db.is_finite(),
+            ">= 1 and finite",
+            db,
+        )?;
         let dl = self.dry_allowed_length;
         check("dry_allowed_length", dl >= 0, ">= 0", dl)?;
-        check("top_no", self.top_no >= 0.0 && self.top_no.is_finite(), ">= 0 and finite", self.top_no)?;
+        check(
+            "top_no",
+            self.top_no >= 0.0 && self.top_no.is_finite(),
+            ">= 0 and finite",
+            self.top_no,
+        )?;
         Ok(())
     }
 
@@ -187,7 +220,8 @@ mod tests {
         ] {
             assert!(SamplerConfig::from_json(bad).is_err(), "{bad} accepted");
         }
-        let ok = SamplerConfig::from_json(r#"{"top_k": 5, "temperature": 0, "stop_token": 3}"#).unwrap();
+        let ok =
+            SamplerConfig::from_json(r#"{"top_k": 5, "temperature": 0, "stop_token": 3}"#).unwrap();
         assert_eq!((ok.top_k, ok.stop_token), (5, Some(3)));
         assert!(ok.is_greedy());
     }

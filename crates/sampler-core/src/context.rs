@@ -23,7 +23,10 @@ impl History {
     /// A history from a `[rows, width]` u32/i64 token tensor and a `[rows]` length tensor.
     pub fn new(tokens: &Tensor, lens: &Tensor) -> Result<Self> {
         let (rows, width) = tokens.dims2().map_err(|_| {
-            SamplerError::Shape(format!("history must be [rows, H], got {:?}", tokens.dims()))
+            SamplerError::Shape(format!(
+                "history must be [rows, H], got {:?}",
+                tokens.dims()
+            ))
         })?;
         if lens.dims() != [rows] {
             return Err(SamplerError::Shape(format!(
@@ -79,22 +82,36 @@ impl History {
             .map(|r| r.iter().take_while(|&&t| t >= 0).count())
             .max()
             .unwrap_or(0);
-        Ok(Self { tokens, lens, width: max_len })
+        Ok(Self {
+            tokens,
+            lens,
+            width: max_len,
+        })
     }
 
     /// The NAR history of one RVQ level: for codes `[batch, T]` of the previous level, row
     /// `b * T + j` sees `codes[b, 0..j)` (SPEC §4), so its distance to position i is `j - i`.
     pub fn nar_from_previous_level(codes: &Tensor) -> Result<Self> {
         let (b, t) = codes.dims2().map_err(|_| {
-            SamplerError::Shape(format!("NAR history must be [batch, T], got {:?}", codes.dims()))
+            SamplerError::Shape(format!(
+                "NAR history must be [batch, T], got {:?}",
+                codes.dims()
+            ))
         })?;
         let codes = codes.to_dtype(DType::U32)?;
-        let tokens = codes.unsqueeze(1)?.broadcast_as((b, t, t))?.reshape((b * t, t))?;
+        let tokens = codes
+            .unsqueeze(1)?
+            .broadcast_as((b, t, t))?
+            .reshape((b * t, t))?;
         let lens = Tensor::arange(0u32, t as u32, codes.device())?
             .unsqueeze(0)?
             .broadcast_as((b, t))?
             .reshape(b * t)?;
-        Ok(Self { tokens: tokens.contiguous()?, lens: lens.contiguous()?, width: t })
+        Ok(Self {
+            tokens: tokens.contiguous()?,
+            lens: lens.contiguous()?,
+            width: t,
+        })
     }
 
     /// Number of rows.
@@ -165,7 +182,13 @@ impl Default for SamplingContext {
 impl SamplingContext {
     /// A context with the given seed, step 0, row ids 0..rows, no history and validation on.
     pub fn new(seed: u64) -> Self {
-        Self { seed, step: 0, row_ids: None, history: None, validate: true }
+        Self {
+            seed,
+            step: 0,
+            row_ids: None,
+            history: None,
+            validate: true,
+        }
     }
 
     /// Sets the history.

@@ -114,48 +114,59 @@ impl SamplerBuilder {
         if !self.logit_bias.is_empty() {
             c.push(LogitBias::new(self.logit_bias.clone()));
         }
-        let no_penalty = is_off(&self.repetition_penalty, |v| v == 1.0)
-            && is_off(&self.repetition_penalty_decay, |v| v == 0.0);
-        if !no_penalty {
-            c.push(RepetitionPenalty::new(
-                self.repetition_penalty.clone(),
-                self.repetition_penalty_decay.clone(),
-                self.repetition_penalty_window.clone(),
-            )?);
+        // Every processor is constructed (which validates its parameters) and kept only when
+        // some row needs it.
+        let penalty = RepetitionPenalty::new(
+            self.repetition_penalty.clone(),
+            self.repetition_penalty_decay.clone(),
+            self.repetition_penalty_window.clone(),
+        )?;
+        if !(is_off(&self.repetition_penalty, |v| v == 1.0)
+            && is_off(&self.repetition_penalty_decay, |v| v == 0.0))
+        {
+            c.push(penalty);
         }
+        let length = LengthPenalty::new(self.length_penalty.clone(), self.stop_token)?;
         if self.mode == Mode::Ar && !is_off(&self.length_penalty, |v| v == 0.0) {
-            c.push(LengthPenalty::new(self.length_penalty.clone(), self.stop_token)?);
+            c.push(length);
         }
+        let min_p = MinP::new(self.min_p.clone(), self.min_p_min_tokens.clone())?;
         if !is_off(&self.min_p, |v| v == 0.0) {
-            c.push(MinP::new(self.min_p.clone(), self.min_p_min_tokens.clone())?);
+            c.push(min_p);
         }
+        let top_k = TopK::new(self.top_k.clone())?;
         if !is_off(&self.top_k, |v| v <= 0.0) {
-            c.push(TopK::new(self.top_k.clone())?);
+            c.push(top_k);
         }
+        let top_p = TopP::new(self.top_p.clone())?;
         if !is_off(&self.top_p, |v| v >= 1.0) {
-            c.push(TopP::new(self.top_p.clone())?);
+            c.push(top_p);
         }
+        let dynamic =
+            DynamicTemperature::new(self.temperature.clone(), self.min_temperature.clone())?;
         match (self.temperature.scalar(), self.min_temperature.scalar()) {
             (Some(t), Some(tm)) if !DynamicTemperature::is_dynamic(t, tm) => {
                 if t > 0.0 && t != 1.0 {
                     c.push(Temperature::new(t)?);
-                } else {
-                    Temperature::new(t)?; // validates
                 }
             }
             _ => {
-                c.push(DynamicTemperature::new(self.temperature.clone(), self.min_temperature.clone())?);
+                c.push(dynamic);
             }
         }
+        let sigma = TopNSigma::new(self.top_no.clone())?;
         if !is_off(&self.top_no, |v| v <= 0.0) {
-            c.push(TopNSigma::new(self.top_no.clone())?);
+            c.push(sigma);
         }
         Ok(c)
     }
 
     /// The chain and its draw rule.
     pub fn build(&self) -> Result<Sampler> {
-        Ok(Sampler::new(self.build_chain()?, DrawRule::from_temperature(&self.temperature)?))
+        Ok(Sampler::new(
+            self.build_chain()?,
+            DrawRule::from_temperature(&self.temperature)?,
+        ))
     }
 }
 
@@ -220,7 +231,9 @@ pub fn prepare(logits: &Tensor, ctx: &SamplingContext) -> Result<Tensor> {
     }
     let (rows, vocab) = logits.dims2()?;
     if vocab == 0 {
-        return Err(SamplerError::Shape("logits have an empty vocabulary".into()));
+        return Err(SamplerError::Shape(
+            "logits have an empty vocabulary".into(),
+        ));
     }
     ctx.check_rows(rows)?;
     let x = logits.to_dtype(DType::F32)?.contiguous()?;
@@ -231,10 +244,16 @@ pub fn prepare(logits: &Tensor, ctx: &SamplingContext) -> Result<Tensor> {
                 let pos = Tensor::arange(0u32, h.width() as u32, x.device())?.unsqueeze(0)?;
                 let valid = pos.broadcast_lt(&h.lens().unsqueeze(1)?)?;
                 let tokens = h.tokens()?;
-                let max = valid.where_cond(&tokens, &tokens.zeros_like()?)?.max_keepdim(1)?;
+                let max = valid
+                    .where_cond(&tokens, &tokens.zeros_like()?)?
+                    .max_keepdim(1)?;
                 let max = max.flatten_all()?.to_vec1::<u32>()?;
                 if let Some(&id) = max.iter().find(|&&m| m as usize >= vocab) {
-                    return Err(SamplerError::TokenOutOfRange { what: "history", id: id as i64, vocab });
+                    return Err(SamplerError::TokenOutOfRange {
+                        what: "history",
+                        id: id as i64,
+                        vocab,
+                    });
                 }
             }
         }
@@ -244,14 +263,19 @@ pub fn prepare(logits: &Tensor, ctx: &SamplingContext) -> Result<Tensor> {
 
 fn check_input(x: &Tensor) -> Result<()> {
     let nan = x.ne(x)?.to_dtype(DType::F32)?.sum_keepdim(D::Minus1)?;
-    let pos_inf = x.eq(f32::INFINITY)?.to_dtype(DType::F32)?.sum_keepdim(D::Minus1)?;
+    let pos_inf = x
+        .eq(f32::INFINITY)?
+        .to_dtype(DType::F32)?
+        .sum_keepdim(D::Minus1)?;
     let stats = Tensor::cat(&[nan, pos_inf], 1)?.to_vec2::<f32>()?;
     for (row, s) in stats.iter().enumerate() {
         if s[0] > 0.0 {
             return Err(SamplerError::NanLogits { row });
         }
         if s[1] > 0.0 {
-            return Err(SamplerError::Shape(format!("logits contain +inf (row {row})")));
+            return Err(SamplerError::Shape(format!(
+                "logits contain +inf (row {row})"
+            )));
         }
     }
     Ok(())

@@ -35,13 +35,25 @@ impl RepetitionPenalty {
         let (penalty, decay, window) = (penalty.into(), decay.into(), window.into());
         penalty.check("repetition_penalty", "> 0", |v| v > 0.0 && v.is_finite())?;
         decay.check("repetition_penalty_decay", "finite", f32::is_finite)?;
-        window.check("repetition_penalty_window", "a count >= 0", |v| v >= 0.0 && v.fract() == 0.0)?;
-        Ok(Self { penalty, decay, window })
+        window.check("repetition_penalty_window", "a count >= 0", |v| {
+            v >= 0.0 && v.fract() == 0.0
+        })?;
+        Ok(Self {
+            penalty,
+            decay,
+            window,
+        })
     }
 
     /// The `[rows, vocab]` log-divisor: the sum over the penalised occurrences of each token.
-    pub(crate) fn log_divisor(&self, logits: &Tensor, ctx: &SamplingContext) -> Result<Option<Tensor>> {
-        let Some(hist) = ctx.history() else { return Ok(None) };
+    pub(crate) fn log_divisor(
+        &self,
+        logits: &Tensor,
+        ctx: &SamplingContext,
+    ) -> Result<Option<Tensor>> {
+        let Some(hist) = ctx.history() else {
+            return Ok(None);
+        };
         if hist.width() == 0 {
             return Ok(None);
         }
@@ -53,14 +65,23 @@ impl RepetitionPenalty {
         let pos = Tensor::arange(0f32, width as f32, dev)?.unsqueeze(0)?;
         let dist = lens.broadcast_sub(&pos)?;
         let window = self.window.column(rows, dev)?;
-        let in_window = window.eq(0f32)?.broadcast_add(&dist.broadcast_lt(&window)?)?.gt(0u8)?;
+        let in_window = window
+            .eq(0f32)?
+            .broadcast_add(&dist.broadcast_lt(&window)?)?
+            .gt(0u8)?;
         let valid = (dist.ge(1f32)? * in_window)?;
         let log_pen = self.penalty.column(rows, dev)?.log()?;
         let decay = self.decay.column(rows, dev)?;
-        let weight = dist.maximum(1f32)?.log()?.broadcast_mul(&decay)?.broadcast_add(&log_pen)?;
+        let weight = dist
+            .maximum(1f32)?
+            .log()?
+            .broadcast_mul(&decay)?
+            .broadcast_add(&log_pen)?;
         let weight = valid.where_cond(&weight, &weight.zeros_like()?)?;
         // Entries past a row's length may hold anything; point them at id 0 with weight 0.
-        let ids = valid.where_cond(&tokens, &tokens.zeros_like()?)?.contiguous()?;
+        let ids = valid
+            .where_cond(&tokens, &tokens.zeros_like()?)?
+            .contiguous()?;
         let acc = Tensor::zeros((rows, vocab), DType::F32, dev)?;
         Ok(Some(acc.scatter_add(&ids, &weight.contiguous()?, 1)?))
     }
