@@ -12,3 +12,6 @@ pub use sampler_core::{
     Chain, DrawRule, Drawn, ExecPath, History, LogitsProcessor, Mode, RowParam, Sampler,
     SamplerBuilder, SamplerConfig, SamplerError, SamplingContext,
 };
+pub use sampler_driver::{
+    CodecLm, Driver, DriverConfig, DriverError, Generation, Knob, Progress, Rows, StageConfig,
+};
