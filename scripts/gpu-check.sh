@@ -60,7 +60,8 @@ rm -rf "$bundle"
 mkdir -p "$bundle"
 cp "$CARGO_TARGET_DIR/release/sampler" "$bundle/sampler"
 if command -v strip >/dev/null 2>&1; then strip "$bundle/sampler"; fi
-cp -r "$golden" "$bundle/golden"
+cp -R "$golden" "$bundle/golden"
+chmod -R u+w "$bundle/golden" # the source may be read-only; the next run deletes the copy
 
 cat >"$bundle/run-on-gpu.sh" <<'RUN'
 #!/usr/bin/env bash
@@ -94,12 +95,17 @@ export SAMPLER_GOLDEN_DIR="$here/golden"
 {
     echo "date: $(date -u)"
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-    nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv 2>&1 || echo "no nvidia-smi"
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv 2>&1
+    else
+        echo "no nvidia-smi"
+    fi
     echo "--- ldd"
     ldd "$bin" 2>&1 | grep -E 'not found|libcu|nvrtc|libstdc'
 } >"$out/env.txt" 2>&1
 cat "$out/env.txt"
-if ldd "$bin" | grep -q 'not found'; then
+# (grep without -q reads all of ldd's output: no SIGPIPE under pipefail)
+if ldd "$bin" 2>&1 | grep 'not found' >/dev/null; then
     echo "run-on-gpu: unresolved libraries, see $out/env.txt" >&2
     exit 2
 fi
@@ -124,6 +130,8 @@ ls -l "$bundle" >&2
 if [ "$size" -ge "$limit" ]; then
     echo "gpu-check: the bundle is over 64 MiB; try GPU_CHECK_COMPRESS=1" >&2
     exit 1
+elif [ "$size" -ge $((56 * 1024 * 1024)) ]; then
+    echo "gpu-check: warning: the bundle and the working tree travel together within 64 MiB" >&2
 fi
 cat <<MSG
 Bundle ready. On the GPU machine, from the repository root (carry .gpu-bundle; reports go to \$OUT):
