@@ -103,7 +103,13 @@ SK_FN unsigned sk_warp_min_u(unsigned v) { return simd_min(v); }
 #define SK_CONSTANT
 /* The harness defines sk_host_barrier() (a pthread barrier over the block's threads). */
 #define SK_BARRIER() sk_host_barrier()
-#define SK_WARP 1u
+/* Warp width of the emulation: 1 (no warp level), or more to exercise the warp-level paths of
+ * the block reductions; then the harness also defines sk_host_tid() and the lane scratch
+ * arrays sk_host_lane_f / sk_host_lane_u (SK_MAX_THREADS entries each). */
+#ifndef SK_HOST_WARP
+#define SK_HOST_WARP 1u
+#endif
+#define SK_WARP SK_HOST_WARP
 #ifndef SK_MAX_THREADS
 #define SK_MAX_THREADS 64u
 #endif
@@ -125,9 +131,40 @@ SK_FN float sk_host_u2f(unsigned u) {
 #define SK_U2F(x) sk_host_u2f(x)
 #define SK_MULHI(a, b) ((unsigned)(((unsigned long long)(a) * (unsigned long long)(b)) >> 32))
 
+#if SK_HOST_WARP == 1
 SK_FN float sk_warp_sum(float v) { return v; }
 SK_FN unsigned sk_warp_max_u(unsigned v) { return v; }
 SK_FN unsigned sk_warp_min_u(unsigned v) { return v; }
+#else
+/* Every lane gets the warp's result (as after a butterfly); called by all threads at once. */
+SK_FN float sk_warp_sum(float v) {
+    unsigned tid = sk_host_tid(), base = tid - tid % SK_WARP;
+    sk_host_lane_f[tid] = v;
+    SK_BARRIER();
+    float r = 0.0f;
+    for (unsigned l = 0u; l < SK_WARP; ++l) r += sk_host_lane_f[base + l];
+    SK_BARRIER();
+    return r;
+}
+SK_FN unsigned sk_warp_max_u(unsigned v) {
+    unsigned tid = sk_host_tid(), base = tid - tid % SK_WARP;
+    sk_host_lane_u[tid] = v;
+    SK_BARRIER();
+    unsigned r = 0u;
+    for (unsigned l = 0u; l < SK_WARP; ++l) r = sk_host_lane_u[base + l] > r ? sk_host_lane_u[base + l] : r;
+    SK_BARRIER();
+    return r;
+}
+SK_FN unsigned sk_warp_min_u(unsigned v) {
+    unsigned tid = sk_host_tid(), base = tid - tid % SK_WARP;
+    sk_host_lane_u[tid] = v;
+    SK_BARRIER();
+    unsigned r = 0xffffffffu;
+    for (unsigned l = 0u; l < SK_WARP; ++l) r = sk_host_lane_u[base + l] < r ? sk_host_lane_u[base + l] : r;
+    SK_BARRIER();
+    return r;
+}
+#endif
 #endif
 
 /* ------------------------------------------------------------------------------------------ */

@@ -46,7 +46,7 @@ fn build(lang: Lang) -> PathBuf {
         ),
         Lang::Cpp => (
             std::env::var("CXX").unwrap_or_else(|_| "c++".into()),
-            &["-std=c++14", "-x", "c++"],
+            &["-std=c++14", "-x", "c++", "-DSK_HOST_WARP=4u"],
         ),
     };
     let status = Command::new(&compiler)
@@ -142,7 +142,16 @@ const TEMP_MIN: usize = 5;
 const SIGMA: usize = 6;
 const GREEDY: usize = 7;
 
+/// The C++ build emulates warps of 4 threads: its blocks are whole warps.
+fn block(lang: Lang, threads: u32) -> u32 {
+    match lang {
+        Lang::C => threads,
+        Lang::Cpp => threads.next_multiple_of(4),
+    }
+}
+
 fn filter(lang: Lang, threads: u32, vocab: usize, x: &[f32], prm: &[Prm]) -> Vec<Vec<f32>> {
+    let threads = block(lang, threads);
     let rows = prm.len();
     assert_eq!(x.len(), rows * vocab);
     let m = Msg::default()
@@ -168,6 +177,7 @@ fn sample(
     seed: u64,
     step: u64,
 ) -> Vec<(u32, f32)> {
+    let threads = block(lang, threads);
     let rows = prm.len();
     let m = Msg::default()
         .u32(2)
@@ -201,6 +211,7 @@ fn penalties(
     prm: &[Pen],
     bias: Option<&[f32]>,
 ) -> Vec<Vec<f32>> {
+    let threads = block(lang, threads);
     let rows = prm.len();
     let m = Msg::default()
         .u32(3)

@@ -1,8 +1,9 @@
 /*
  * Host test harness for kernels/sampling_common.h: runs the per-row algorithms on the CPU with
  * a thread block emulated by POSIX threads (one OS thread per block thread, a pthread barrier
- * for the block barrier, static arrays for the block's shared memory). Built as C and as C++
- * by tests/host_harness.rs, which drives it.
+ * for the block barrier, static arrays for the block's shared memory). Built by
+ * tests/host_harness.rs, which drives it, as C (warp width 1) and as C++ with -DSK_HOST_WARP=4
+ * (the warp-level paths of the block reductions; thread counts must then be multiples of 4).
  *
  * Protocol (native-endian binary on stdin / stdout), one command per run:
  *   u32 command, then
@@ -25,8 +26,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#define SK_MAX_THREADS 64u
 static pthread_barrier_t g_barrier;
 static void sk_host_barrier(void) { pthread_barrier_wait(&g_barrier); }
+
+/* Built with -DSK_HOST_WARP=N (N > 1): warps of N threads, emulated through these. */
+#if defined(SK_HOST_WARP) && SK_HOST_WARP > 1
+#ifdef __cplusplus
+static thread_local unsigned g_tid;
+#else
+static _Thread_local unsigned g_tid;
+#endif
+static unsigned sk_host_tid(void) { return g_tid; }
+static float sk_host_lane_f[SK_MAX_THREADS];
+static unsigned sk_host_lane_u[SK_MAX_THREADS];
+#define SET_TID(t) (g_tid = (t))
+#else
+#define SET_TID(t) ((void)(t))
+#endif
 
 #include "sampling_common.h"
 
@@ -82,6 +99,7 @@ static void write_exact(const void* src, size_t n) {
 static void* worker(void* arg) {
     const worker_t* w = (const worker_t*)arg;
     const job_t* j = w->job;
+    SET_TID(w->tid);
     for (unsigned row = 0; row < j->rows; ++row) {
         const float* x = j->logits + (size_t)row * j->vocab;
         const float* prm = j->params + (size_t)row * 8u;
@@ -105,6 +123,7 @@ static void* worker(void* arg) {
 
 static void run_block(const job_t* job) {
     if (job->threads == 0 || job->threads > SK_MAX_THREADS) die("threads must be in 1..=64");
+    if (job->threads % SK_WARP != 0) die("threads must be a multiple of the warp width");
     pthread_t th[SK_MAX_THREADS];
     worker_t ws[SK_MAX_THREADS];
     if (pthread_barrier_init(&g_barrier, NULL, job->threads) != 0) die("barrier init");
