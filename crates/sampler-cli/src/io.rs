@@ -13,10 +13,16 @@ pub struct Batch {
     /// `[rows]` (ar) or `[batch, T]` (nar): the shape of the token output.
     pub token_shape: Vec<usize>,
     pub history: Option<History>,
+    /// `--null-logits`: the unconditional logits for classifier-free guidance, `[rows, vocab]`.
+    pub null_logits: Option<Tensor>,
+    /// `--attentions`: attention scores for entropix, `[layers, heads, q, k]` or
+    /// `[rows, layers, heads, q, k]` (nar: rows = batch * T).
+    pub attentions: Option<Tensor>,
 }
 
 pub fn read_config(path: &Path) -> Result<SamplerConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
     Ok(SamplerConfig::from_json(&text)?)
 }
 
@@ -25,7 +31,12 @@ fn read_npy(path: &Path, what: &str) -> Result<Tensor> {
 }
 
 /// Reads logits and optional history for a mode, checking shapes, dtypes and id ranges.
-pub fn read_batch(logits: &Path, history: Option<&Path>, mode: Mode, device: &Device) -> Result<Batch> {
+pub fn read_batch(
+    logits: &Path,
+    history: Option<&Path>,
+    mode: Mode,
+    device: &Device,
+) -> Result<Batch> {
     let raw = read_npy(logits, "logits")?;
     match raw.dtype() {
         DType::F32 | DType::F16 | DType::BF16 | DType::F64 => {}
@@ -44,28 +55,52 @@ pub fn read_batch(logits: &Path, history: Option<&Path>, mode: Mode, device: &De
         None => None,
         Some(p) => Some(read_history(p, mode, &token_shape, vocab, device)?),
     };
-    let logits = raw.to_dtype(DType::F32)?.reshape((rows, vocab))?.to_device(device)?;
-    Ok(Batch { logits, token_shape, history })
+    let logits = raw
+        .to_dtype(DType::F32)?
+        .reshape((rows, vocab))?
+        .to_device(device)?;
+    Ok(Batch {
+        logits,
+        token_shape,
+        history,
+        null_logits: None,
+        attentions: None,
+    })
 }
 
-fn read_history(path: &Path, mode: Mode, token_shape: &[usize], vocab: usize, device: &Device) -> Result<History> {
+fn read_history(
+    path: &Path,
+    mode: Mode,
+    token_shape: &[usize],
+    vocab: usize,
+    device: &Device,
+) -> Result<History> {
     let raw = read_npy(path, "history")?;
     let h = match raw.dtype() {
-        DType::I64 | DType::I32 | DType::I16 | DType::U32 | DType::U8 => raw.to_dtype(DType::I64)?,
+        DType::I64 | DType::I32 | DType::I16 | DType::U32 | DType::U8 => {
+            raw.to_dtype(DType::I64)?
+        }
         other => bail!("history must be int64 or int32, got {other:?}"),
     };
-    let rows = h.to_vec2::<i64>().map_err(|_| {
-        anyhow::anyhow!("history must have rank 2, got shape {:?}", raw.dims())
-    })?;
+    let rows = h
+        .to_vec2::<i64>()
+        .map_err(|_| anyhow::anyhow!("history must have rank 2, got shape {:?}", raw.dims()))?;
     match mode {
         Mode::Ar => {
             if rows.len() != token_shape[0] {
-                bail!("history has {} rows but the logits have {}", rows.len(), token_shape[0]);
+                bail!(
+                    "history has {} rows but the logits have {}",
+                    rows.len(),
+                    token_shape[0]
+                );
             }
         }
         Mode::Nar => {
             if raw.dims() != token_shape {
-                bail!("nar history must be [batch, T] = {token_shape:?}, got {:?}", raw.dims());
+                bail!(
+                    "nar history must be [batch, T] = {token_shape:?}, got {:?}",
+                    raw.dims()
+                );
             }
             if let Some(&bad) = rows.iter().flatten().find(|&&t| t < 0) {
                 bail!("nar history (previous level codes) holds a negative id {bad}");
@@ -81,15 +116,64 @@ fn read_history(path: &Path, mode: Mode, token_shape: &[usize], vocab: usize, de
     })
 }
 
+/// Reads `--null-logits`: float, the same shape as the logits file.
+pub fn read_null_logits(path: &Path, batch: &Batch, device: &Device) -> Result<Tensor> {
+    let raw = read_npy(path, "null logits")?;
+    if !raw.dtype().is_float() {
+        bail!(
+            "null logits must be float32 (or another float type), got {:?}",
+            raw.dtype()
+        );
+    }
+    let (rows, vocab) = batch.logits.dims2()?;
+    let mut want = batch.token_shape.clone();
+    want.push(vocab);
+    if raw.dims() != want.as_slice() {
+        bail!(
+            "null logits must have the logits' shape {want:?}, got {:?}",
+            raw.dims()
+        );
+    }
+    Ok(raw
+        .to_dtype(DType::F32)?
+        .reshape((rows, vocab))?
+        .to_device(device)?)
+}
+
+/// Reads `--attentions`: float scores of rank 4 (shared) or 5 (per row); the sampler checks
+/// the rest.
+pub fn read_attentions(path: &Path, device: &Device) -> Result<Tensor> {
+    let raw = read_npy(path, "attentions")?;
+    if !raw.dtype().is_float() {
+        bail!(
+            "attentions must be float32 (or another float type), got {:?}",
+            raw.dtype()
+        );
+    }
+    if !matches!(raw.rank(), 4 | 5) {
+        bail!("attentions must be [layers, heads, q, k] or [rows, layers, heads, q, k], got shape {:?}", raw.dims());
+    }
+    Ok(raw.to_dtype(DType::F32)?.to_device(device)?)
+}
+
 /// Writes `t` as npy to a temporary file beside `out`, then renames it: a reader never sees a
 /// partial file, and a failure leaves none.
 pub fn write_npy_atomic(t: &Tensor, out: &Path) -> Result<()> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = out.file_name().context("output path has no file name")?.to_string_lossy();
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .context("output path has no file name")?
+        .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let res = t.write_npy(&tmp).map_err(anyhow::Error::from).and_then(|_| {
-        std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))
-    });
+    let res = t
+        .write_npy(&tmp)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| {
+            std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))
+        });
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

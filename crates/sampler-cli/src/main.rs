@@ -16,7 +16,11 @@ use sampler_core::{Mode, Sampler, SamplingContext};
 use device::DeviceArg;
 
 #[derive(Parser)]
-#[command(name = "sampler", version, about = "Batched token sampling on candle tensors (VALL-E and LLM samplers)")]
+#[command(
+    name = "sampler",
+    version,
+    about = "Batched token sampling on candle tensors (VALL-E and LLM samplers)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -31,7 +35,8 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Draws one token per row and writes them as int64.
+    /// Draws one token per row and writes them as int64; with `beam_width` > 1 in the config,
+    /// writes the best `[beam_width, 2]` (row, token) pairs instead.
     Sample {
         #[command(flatten)]
         input: Input,
@@ -72,11 +77,18 @@ struct Input {
     mode: ModeArg,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    /// Unconditional logits (the logits' shape) for classifier-free guidance (cfg_strength).
+    #[arg(long)]
+    null_logits: Option<PathBuf>,
+    /// Attention scores [layers, heads, q, k] or [rows, layers, heads, q, k] for entropix.
+    #[arg(long)]
+    attentions: Option<PathBuf>,
 }
 
 struct Prepared {
     sampler: Sampler,
     batch: io::Batch,
+    beam_width: usize,
 }
 
 impl Input {
@@ -90,18 +102,35 @@ impl Input {
     fn prepare(&self) -> Result<Prepared> {
         let cfg = io::read_config(&self.config)?;
         let device = self.device.open()?;
-        let batch = io::read_batch(&self.logits, self.history.as_deref(), self.mode(), &device)?;
+        let mut batch =
+            io::read_batch(&self.logits, self.history.as_deref(), self.mode(), &device)?;
+        if let Some(p) = &self.null_logits {
+            batch.null_logits = Some(io::read_null_logits(p, &batch, &device)?);
+        }
+        if let Some(p) = &self.attentions {
+            batch.attentions = Some(io::read_attentions(p, &device)?);
+        }
         let sampler = Sampler::from_config(&cfg, self.mode())?;
-        Ok(Prepared { sampler, batch })
+        Ok(Prepared {
+            sampler,
+            batch,
+            beam_width: cfg.beam_width as usize,
+        })
     }
 }
 
 fn context(batch: &io::Batch, seed: u64) -> SamplingContext {
-    let ctx = SamplingContext::new(seed);
-    match &batch.history {
-        Some(h) => ctx.with_history(h.clone()),
-        None => ctx,
+    let mut ctx = SamplingContext::new(seed);
+    if let Some(h) = &batch.history {
+        ctx = ctx.with_history(h.clone());
     }
+    if let Some(n) = &batch.null_logits {
+        ctx = ctx.with_null_logits(n.clone());
+    }
+    if let Some(a) = &batch.attentions {
+        ctx = ctx.with_attentions(a.clone());
+    }
+    ctx
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -111,15 +140,37 @@ fn run(cli: Cli) -> Result<()> {
             let y = p.sampler.apply(&p.batch.logits, &context(&p.batch, 0))?;
             let mut shape = p.batch.token_shape.clone();
             shape.push(y.dim(1)?);
-            io::write_npy_atomic(&y.reshape(shape)?.to_device(&candle_core::Device::Cpu)?, &out)
+            io::write_npy_atomic(
+                &y.reshape(shape)?.to_device(&candle_core::Device::Cpu)?,
+                &out,
+            )
         }
         Cmd::Sample { input, seed, out } => {
             let mut p = input.prepare()?;
-            let d = p.sampler.sample(&p.batch.logits, &context(&p.batch, seed))?;
-            let tokens = d.tokens.to_dtype(DType::I64)?.reshape(p.batch.token_shape.clone())?;
+            if p.beam_width > 1 {
+                // Beam candidates over the processed logits: [beam_width, 2] (row, token).
+                let y = p.sampler.apply(&p.batch.logits, &context(&p.batch, seed))?;
+                let beams = sampler_core::beam_candidates(&y, None, p.beam_width)?;
+                return io::write_npy_atomic(
+                    &beams.pairs()?.to_device(&candle_core::Device::Cpu)?,
+                    &out,
+                );
+            }
+            let d = p
+                .sampler
+                .sample(&p.batch.logits, &context(&p.batch, seed))?;
+            let tokens = d
+                .tokens
+                .to_dtype(DType::I64)?
+                .reshape(p.batch.token_shape.clone())?;
             io::write_npy_atomic(&tokens.to_device(&candle_core::Device::Cpu)?, &out)
         }
-        Cmd::Bench { input, iters, seed, json: _ } => {
+        Cmd::Bench {
+            input,
+            iters,
+            seed,
+            json: _,
+        } => {
             if iters == 0 {
                 bail!("--iters must be at least 1");
             }

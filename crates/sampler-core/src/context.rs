@@ -23,7 +23,10 @@ impl History {
     /// A history from a `[rows, width]` u32/i64 token tensor and a `[rows]` length tensor.
     pub fn new(tokens: &Tensor, lens: &Tensor) -> Result<Self> {
         let (rows, width) = tokens.dims2().map_err(|_| {
-            SamplerError::Shape(format!("history must be [rows, H], got {:?}", tokens.dims()))
+            SamplerError::Shape(format!(
+                "history must be [rows, H], got {:?}",
+                tokens.dims()
+            ))
         })?;
         if lens.dims() != [rows] {
             return Err(SamplerError::Shape(format!(
@@ -79,22 +82,36 @@ impl History {
             .map(|r| r.iter().take_while(|&&t| t >= 0).count())
             .max()
             .unwrap_or(0);
-        Ok(Self { tokens, lens, width: max_len })
+        Ok(Self {
+            tokens,
+            lens,
+            width: max_len,
+        })
     }
 
     /// The NAR history of one RVQ level: for codes `[batch, T]` of the previous level, row
     /// `b * T + j` sees `codes[b, 0..j)` (SPEC §4), so its distance to position i is `j - i`.
     pub fn nar_from_previous_level(codes: &Tensor) -> Result<Self> {
         let (b, t) = codes.dims2().map_err(|_| {
-            SamplerError::Shape(format!("NAR history must be [batch, T], got {:?}", codes.dims()))
+            SamplerError::Shape(format!(
+                "NAR history must be [batch, T], got {:?}",
+                codes.dims()
+            ))
         })?;
         let codes = codes.to_dtype(DType::U32)?;
-        let tokens = codes.unsqueeze(1)?.broadcast_as((b, t, t))?.reshape((b * t, t))?;
+        let tokens = codes
+            .unsqueeze(1)?
+            .broadcast_as((b, t, t))?
+            .reshape((b * t, t))?;
         let lens = Tensor::arange(0u32, t as u32, codes.device())?
             .unsqueeze(0)?
             .broadcast_as((b, t))?
             .reshape(b * t)?;
-        Ok(Self { tokens: tokens.contiguous()?, lens: lens.contiguous()?, width: t })
+        Ok(Self {
+            tokens: tokens.contiguous()?,
+            lens: lens.contiguous()?,
+            width: t,
+        })
     }
 
     /// Number of rows.
@@ -154,6 +171,10 @@ pub struct SamplingContext {
     row_ids: Option<Vec<u32>>,
     history: Option<History>,
     validate: bool,
+    /// Classifier-free guidance: the unconditional logits of this step (`[rows, vocab]`).
+    null_logits: Option<Tensor>,
+    /// Entropix: attention scores `[layers, heads, q, k]` or `[rows, layers, heads, q, k]`.
+    attentions: Option<Tensor>,
 }
 
 impl Default for SamplingContext {
@@ -165,7 +186,15 @@ impl Default for SamplingContext {
 impl SamplingContext {
     /// A context with the given seed, step 0, row ids 0..rows, no history and validation on.
     pub fn new(seed: u64) -> Self {
-        Self { seed, step: 0, row_ids: None, history: None, validate: true }
+        Self {
+            seed,
+            step: 0,
+            row_ids: None,
+            history: None,
+            validate: true,
+            null_logits: None,
+            attentions: None,
+        }
     }
 
     /// Sets the history.
@@ -192,6 +221,28 @@ impl SamplingContext {
     pub fn with_validation(mut self, on: bool) -> Self {
         self.validate = on;
         self
+    }
+
+    /// Sets the unconditional ("null prompt") logits of this step, `[rows, vocab]`, for
+    /// classifier-free guidance ([`crate::processors::ClassifierFreeGuidance`]).
+    pub fn with_null_logits(mut self, null_logits: Tensor) -> Self {
+        self.null_logits = Some(null_logits);
+        self
+    }
+
+    /// Sets this step's attention scores (pre-softmax), `[layers, heads, q, k]` shared by every
+    /// row or `[rows, layers, heads, q, k]`, for entropix ([`crate::processors::Entropix`]).
+    pub fn with_attentions(mut self, attentions: Tensor) -> Self {
+        self.attentions = Some(attentions);
+        self
+    }
+
+    pub fn null_logits(&self) -> Option<&Tensor> {
+        self.null_logits.as_ref()
+    }
+
+    pub fn attentions(&self) -> Option<&Tensor> {
+        self.attentions.as_ref()
     }
 
     pub fn seed(&self) -> u64 {

@@ -53,9 +53,16 @@ impl DrawRule {
 
 /// The `[rows, 1]` uniforms of this step. They are computed on the host from (seed, row id,
 /// step) — no device data is read — and uploaded as one small tensor.
-pub fn uniforms(rows: usize, ctx: &SamplingContext, device: &candle_core::Device) -> Result<Tensor> {
+pub fn uniforms(
+    rows: usize,
+    ctx: &SamplingContext,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let ids = ctx.row_ids(rows)?;
-    let u: Vec<f32> = ids.iter().map(|&r| philox::uniform(ctx.seed(), r, ctx.step())).collect();
+    let u: Vec<f32> = ids
+        .iter()
+        .map(|&r| philox::uniform(ctx.seed(), r, ctx.step()))
+        .collect();
     Ok(Tensor::from_vec(u, (rows, 1), device)?)
 }
 
@@ -112,7 +119,10 @@ mod tests {
     fn inverse_cdf_walks_ids_in_order_and_skips_zeros() -> Result<()> {
         let row: &[f32] = &[0.25, 0.0, 0.5, 0.25];
         let p = t2(&[row; 5]);
-        let u = Tensor::new(&[[0f32], [0.2499], [0.25], [0.7501], [0.999_999_9]], &Device::Cpu)?;
+        let u = Tensor::new(
+            &[[0f32], [0.2499], [0.25], [0.7501], [0.999_999_9]],
+            &Device::Cpu,
+        )?;
         let got = inverse_cdf(&p, &u)?.to_vec1::<u32>()?;
         assert_eq!(got, vec![0, 0, 2, 3, 3]);
         Ok(())

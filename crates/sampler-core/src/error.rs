@@ -18,7 +18,11 @@ pub enum SamplerError {
     AllMasked { row: usize },
     /// A token id is not below the vocabulary size.
     #[error("{what}: token id {id} is out of range for vocabulary size {vocab}")]
-    TokenOutOfRange { what: &'static str, id: i64, vocab: usize },
+    TokenOutOfRange {
+        what: &'static str,
+        id: i64,
+        vocab: usize,
+    },
     /// The configuration could not be read.
     #[error("config: {0}")]
     Config(String),
@@ -31,5 +35,8 @@ pub enum SamplerError {
 pub type Result<T> = std::result::Result<T, SamplerError>;
 
 pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> SamplerError {
-    SamplerError::InvalidParameter { name, reason: reason.into() }
+    SamplerError::InvalidParameter {
+        name,
+        reason: reason.into(),
+    }
 }

@@ -38,7 +38,9 @@ impl RowParam {
                         t.dims()
                     )));
                 }
-                Ok(t.to_device(device)?.to_dtype(DType::F32)?.reshape((rows, 1))?)
+                Ok(t.to_device(device)?
+                    .to_dtype(DType::F32)?
+                    .reshape((rows, 1))?)
             }
         }
     }

@@ -50,7 +50,9 @@ pub(crate) fn masked_max(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
 
 /// Row-wise sum of `x` over the entries where `mask` is set.
 pub(crate) fn masked_sum(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    Ok(mask.where_cond(x, &full_like(x, 0.0)?)?.sum_keepdim(D::Minus1)?)
+    Ok(mask
+        .where_cond(x, &full_like(x, 0.0)?)?
+        .sum_keepdim(D::Minus1)?)
 }
 
 fn midpoint(lo: &Tensor, hi: &Tensor) -> Result<Tensor> {
@@ -157,12 +159,18 @@ mod tests {
     fn kth_largest_counts_ties_and_skips_neg_inf() -> Result<()> {
         let ninf = f32::NEG_INFINITY;
         let x = t2(&[&[1.0, 5.0, 3.0, 5.0, ninf], &[2.0, 2.0, 2.0, 1.0, 0.5]]);
-        let k2 = kth_largest(&x, &col(&[2.0, 2.0]))?.flatten_all()?.to_vec1::<f32>()?;
+        let k2 = kth_largest(&x, &col(&[2.0, 2.0]))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(k2, vec![5.0, 2.0]);
-        let k3 = kth_largest(&x, &col(&[3.0, 4.0]))?.flatten_all()?.to_vec1::<f32>()?;
+        let k3 = kth_largest(&x, &col(&[3.0, 4.0]))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(k3, vec![3.0, 1.0]);
         // k beyond the finite entries: the smallest finite value.
-        let k9 = kth_largest(&x, &col(&[9.0, 9.0]))?.flatten_all()?.to_vec1::<f32>()?;
+        let k9 = kth_largest(&x, &col(&[9.0, 9.0]))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(k9, vec![1.0, 0.5]);
         Ok(())
     }
@@ -172,9 +180,13 @@ mod tests {
         let a = 1.0f32;
         let b = f32::from_bits(a.to_bits() + 1);
         let x = t2(&[&[-1e30, a, b, 1e30]]);
-        let v = kth_largest(&x, &col(&[3.0]))?.flatten_all()?.to_vec1::<f32>()?;
+        let v = kth_largest(&x, &col(&[3.0]))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(v, vec![a]);
-        let v = kth_largest(&x, &col(&[2.0]))?.flatten_all()?.to_vec1::<f32>()?;
+        let v = kth_largest(&x, &col(&[2.0]))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(v, vec![b]);
         Ok(())
     }
@@ -208,7 +220,10 @@ mod top_p_search_tests {
         let x = Tensor::from_vec(l, (1, 4), &Device::Cpu)?;
         let probs = candle_nn::ops::softmax_last_dim(&x)?;
         let p = Tensor::new(&[[0.5f32]], &Device::Cpu)?;
-        assert_eq!(top_p_keep(&x, &probs, &p)?.to_vec2::<u8>()?, vec![vec![0, 1, 0, 1]]);
+        assert_eq!(
+            top_p_keep(&x, &probs, &p)?.to_vec2::<u8>()?,
+            vec![vec![0, 1, 0, 1]]
+        );
         Ok(())
     }
 }

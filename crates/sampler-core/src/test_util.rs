@@ -30,7 +30,10 @@ pub(crate) fn assert_close(got: &[Vec<f32>], want: &[Vec<f32>]) {
             if b.is_infinite() {
                 assert_eq!(a, b, "got {g:?}, want {w:?}");
             } else {
-                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "got {g:?}, want {w:?}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "got {g:?}, want {w:?}"
+                );
             }
         }
     }

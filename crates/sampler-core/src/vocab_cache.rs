@@ -36,11 +36,20 @@ impl VocabCache {
 }
 
 /// A `[1, vocab]` u8 row with 1 at each id (ids are checked against the vocabulary).
-pub(crate) fn one_hot_row(ids: &[u32], vocab: usize, what: &'static str, device: &Device) -> Result<Tensor> {
+pub(crate) fn one_hot_row(
+    ids: &[u32],
+    vocab: usize,
+    what: &'static str,
+    device: &Device,
+) -> Result<Tensor> {
     let mut row = vec![0u8; vocab];
     for &id in ids {
         if id as usize >= vocab {
-            return Err(crate::SamplerError::TokenOutOfRange { what, id: id as i64, vocab });
+            return Err(crate::SamplerError::TokenOutOfRange {
+                what,
+                id: id as i64,
+                vocab,
+            });
         }
         row[id as usize] = 1;
     }

@@ -24,14 +24,22 @@ pub struct BanTokens {
 impl BanTokens {
     /// Bans the given ids.
     pub fn new(ids: Vec<u32>) -> Self {
-        Self { ids, last: false, mask: VocabCache::default() }
+        Self {
+            ids,
+            last: false,
+            mask: VocabCache::default(),
+        }
     }
 
     /// Bans the stop token: the given id, or the last id of the vocabulary when `None`.
     pub fn stop_token(stop: Option<u32>) -> Self {
         match stop {
             Some(s) => Self::new(vec![s]),
-            None => Self { ids: Vec::new(), last: true, mask: VocabCache::default() },
+            None => Self {
+                ids: Vec::new(),
+                last: true,
+                mask: VocabCache::default(),
+            },
         }
     }
 }
@@ -50,7 +58,11 @@ impl LogitsProcessor for BanTokens {
             }
             one_hot_row(&ids, vocab, "ban_tokens", logits.device())
         })?;
-        fill_where(logits, &mask.broadcast_as(logits.shape())?, f32::NEG_INFINITY)
+        fill_where(
+            logits,
+            &mask.broadcast_as(logits.shape())?,
+            f32::NEG_INFINITY,
+        )
     }
 
     fn clone_box(&self) -> Box<dyn LogitsProcessor> {
@@ -67,7 +79,10 @@ pub struct LogitBias {
 
 impl LogitBias {
     pub fn new(bias: Vec<(u32, f32)>) -> Self {
-        Self { bias, row: VocabCache::default() }
+        Self {
+            bias,
+            row: VocabCache::default(),
+        }
     }
 }
 

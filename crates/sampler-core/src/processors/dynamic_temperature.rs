@@ -28,7 +28,12 @@ impl DynamicTemperature {
         let (t, t_min) = (t.into(), t_min.into());
         t.check("temperature", "finite", f32::is_finite)?;
         t_min.check("min_temperature", "finite", f32::is_finite)?;
-        Ok(Self { t, t_min, k: 10.0, center: 0.5 })
+        Ok(Self {
+            t,
+            t_min,
+            k: 10.0,
+            center: 0.5,
+        })
     }
 
     /// Whether a scalar pair turns the dynamic form on.
@@ -48,8 +53,15 @@ impl LogitsProcessor for DynamicTemperature {
         let t = self.t.column(rows, dev)?;
         let t_min = self.t_min.column(rows, dev)?;
         let max = logits.max_keepdim(D::Minus1)?;
-        let p_max = logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.recip()?;
-        let sigmoid = (p_max.affine(-(self.k as f64), (self.k * self.center) as f64)?.exp()? + 1.0)?;
+        let p_max = logits
+            .broadcast_sub(&max)?
+            .exp()?
+            .sum_keepdim(D::Minus1)?
+            .recip()?;
+        let sigmoid = (p_max
+            .affine(-(self.k as f64), (self.k * self.center) as f64)?
+            .exp()?
+            + 1.0)?;
         let dynamic_t = (&t - ((&t - &t_min)? / sigmoid)?)?;
         let dynamic = ((&t - &t_min)?.abs()?.ge(0.001f32)? * t_min.ge(0f32)?)?;
         let divisor = dynamic.where_cond(&dynamic_t, &Temperature::divisor(&t)?)?;

@@ -22,7 +22,11 @@ impl LengthPenalty {
     pub fn new(factor: impl Into<RowParam>, stop_token: Option<u32>) -> Result<Self> {
         let factor = factor.into();
         factor.check("length_penalty", "finite", f32::is_finite)?;
-        Ok(Self { factor, stop_token, stop_mask: VocabCache::default() })
+        Ok(Self {
+            factor,
+            stop_token,
+            stop_mask: VocabCache::default(),
+        })
     }
 }
 
@@ -32,17 +36,25 @@ impl LogitsProcessor for LengthPenalty {
     }
 
     fn apply(&self, logits: &Tensor, ctx: &SamplingContext) -> Result<Tensor> {
-        let Some(hist) = ctx.history() else { return Ok(logits.clone()) };
+        let Some(hist) = ctx.history() else {
+            return Ok(logits.clone());
+        };
         let (rows, vocab) = logits.dims2()?;
         let dev = logits.device();
         let stop = self.stop_mask.get(vocab, dev, || {
             let s = self.stop_token.unwrap_or(vocab as u32 - 1);
             one_hot_row(&[s], vocab, "stop_token", dev)
         })?;
-        let len = hist.lens().to_dtype(DType::F32)?.reshape((rows, 1))?.affine(1.0, 1.0)?;
+        let len = hist
+            .lens()
+            .to_dtype(DType::F32)?
+            .reshape((rows, 1))?
+            .affine(1.0, 1.0)?;
         let divisor = (len.log()? * self.factor.column(rows, dev)?)?.exp()?;
         let divided = logits.broadcast_div(&divisor)?;
-        Ok(stop.broadcast_as(logits.shape())?.where_cond(&divided, logits)?)
+        Ok(stop
+            .broadcast_as(logits.shape())?
+            .where_cond(&divided, logits)?)
     }
 
     fn clone_box(&self) -> Box<dyn LogitsProcessor> {
@@ -71,6 +83,9 @@ mod tests {
     fn stop_token_out_of_vocab_is_an_error() {
         let x = t2(&[&[1.0, 2.0]]);
         let c = ctx_with_history(&[vec![0]]);
-        assert!(LengthPenalty::new(0.5, Some(2)).unwrap().apply(&x, &c).is_err());
+        assert!(LengthPenalty::new(0.5, Some(2))
+            .unwrap()
+            .apply(&x, &c)
+            .is_err());
     }
 }

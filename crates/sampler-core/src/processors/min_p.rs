@@ -21,7 +21,9 @@ impl MinP {
     pub fn new(p: impl Into<RowParam>, min_tokens: impl Into<RowParam>) -> Result<Self> {
         let (p, min_tokens) = (p.into(), min_tokens.into());
         p.check("min_p", "in [0, 1]", |v| (0.0..=1.0).contains(&v))?;
-        min_tokens.check("min_p_min_tokens", "a count >= 0", |v| v >= 0.0 && v.fract() == 0.0)?;
+        min_tokens.check("min_p_min_tokens", "a count >= 0", |v| {
+            v >= 0.0 && v.fract() == 0.0
+        })?;
         Ok(Self { p, min_tokens })
     }
 }
@@ -35,9 +37,12 @@ impl LogitsProcessor for MinP {
         let rows = logits.dim(0)?;
         let dev = logits.device();
         let probs = candle_nn::ops::softmax_last_dim(logits)?;
-        let floor = probs.max_keepdim(D::Minus1)?.broadcast_mul(&self.p.column(rows, dev)?)?;
+        let floor = probs
+            .max_keepdim(D::Minus1)?
+            .broadcast_mul(&self.p.column(rows, dev)?)?;
         let above = probs.broadcast_ge(&floor)?;
-        let protected = logits.broadcast_ge(&kth_largest(logits, &self.min_tokens.column(rows, dev)?)?)?;
+        let protected =
+            logits.broadcast_ge(&kth_largest(logits, &self.min_tokens.column(rows, dev)?)?)?;
         keep_only(logits, &(above + protected)?.gt(0u8)?)
     }
 

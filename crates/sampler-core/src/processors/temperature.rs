@@ -53,7 +53,10 @@ mod tests {
         let x = t2(&[&[1.0, -2.0, f32::NEG_INFINITY], &[1.0, -2.0, 4.0]]);
         let t = Tensor::new(&[0.5f32, 0.0], &candle_core::Device::Cpu)?;
         let y = Temperature::new(t)?.apply(&x, &ctx())?;
-        assert_close(&rows(&y), &[vec![2.0, -4.0, f32::NEG_INFINITY], vec![1.0, -2.0, 4.0]]);
+        assert_close(
+            &rows(&y),
+            &[vec![2.0, -4.0, f32::NEG_INFINITY], vec![1.0, -2.0, 4.0]],
+        );
         Ok(())
     }
 

@@ -54,7 +54,10 @@ mod tests {
         let y = TopK::new(2.0)?.apply(&x, &ctx())?;
         assert_eq!(
             rows(&y),
-            vec![vec![NINF, 4.0, NINF, 4.0, NINF], vec![NINF, 2.0, 2.0, 2.0, NINF]]
+            vec![
+                vec![NINF, 4.0, NINF, 4.0, NINF],
+                vec![NINF, 2.0, 2.0, 2.0, NINF]
+            ]
         );
         Ok(())
     }

@@ -65,10 +65,22 @@ mod tests {
     fn keeps_while_preceding_mass_at_most_p() -> Result<()> {
         // sorted: 0.4 (before 0), 0.3 (0.4), 0.2 (0.7), 0.1 (0.9)
         let x = logits_of(&[0.1, 0.4, 0.2, 0.3]);
-        assert_eq!(kept(&TopP::new(0.5)?.apply(&x, &ctx())?), [false, true, false, true]);
-        assert_eq!(kept(&TopP::new(0.75)?.apply(&x, &ctx())?), [false, true, true, true]);
-        assert_eq!(kept(&TopP::new(0.3)?.apply(&x, &ctx())?), [false, true, false, false]);
-        assert_eq!(kept(&TopP::new(0.0)?.apply(&x, &ctx())?), [false, true, false, false]);
+        assert_eq!(
+            kept(&TopP::new(0.5)?.apply(&x, &ctx())?),
+            [false, true, false, true]
+        );
+        assert_eq!(
+            kept(&TopP::new(0.75)?.apply(&x, &ctx())?),
+            [false, true, true, true]
+        );
+        assert_eq!(
+            kept(&TopP::new(0.3)?.apply(&x, &ctx())?),
+            [false, true, false, false]
+        );
+        assert_eq!(
+            kept(&TopP::new(0.0)?.apply(&x, &ctx())?),
+            [false, true, false, false]
+        );
         assert_eq!(kept(&TopP::new(1.0)?.apply(&x, &ctx())?), [true; 4]);
         Ok(())
     }
