@@ -1,1 +1,14 @@
+//! # candle-sampler
+//!
+//! Batched, on-device token sampling for [candle](https://github.com/huggingface/candle): the
+//! reference VALL-E sampler pipeline and the usual LLM samplers as a chain of tensor processors,
+//! with fused kernels and an AR/NAR driver. This crate re-exports the workspace crates.
 
+pub use sampler_core as core;
+pub use sampler_driver as driver;
+pub use sampler_kernels as kernels;
+
+pub use sampler_core::{
+    Chain, DrawRule, Drawn, History, LogitsProcessor, Mode, RowParam, Sampler, SamplerBuilder,
+    SamplerConfig, SamplerError, SamplingContext,
+};

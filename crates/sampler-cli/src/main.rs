@@ -1,9 +1,6 @@
 //! The `sampler` command line (SPEC §8): `apply`, `sample`, `bench`, `selftest`.
 //! Every failure prints one line to stderr, exits with status 1 and writes no output file.
 
-mod device;
-mod io;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -13,7 +10,8 @@ use candle_core::DType;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sampler_core::{Mode, Sampler, SamplingContext};
 
-use device::DeviceArg;
+use sampler_cli::device::DeviceArg;
+use sampler_cli::io;
 
 #[derive(Parser)]
 #[command(

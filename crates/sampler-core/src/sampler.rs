@@ -211,11 +211,11 @@ impl SamplerBuilder {
     pub fn build_chain(&self) -> Result<Chain> {
         let x = &self.extra;
         let mut c = Chain::new();
+        // Every processor is constructed (which validates its parameters) and kept only when
+        // some row needs it.
+        let cfg = ClassifierFreeGuidance::new(x.cfg_strength.clone(), x.cfg_rescale.clone())?;
         if !is_off(&x.cfg_strength, |v| v == 1.0) {
-            c.push(ClassifierFreeGuidance::new(
-                x.cfg_strength.clone(),
-                x.cfg_rescale.clone(),
-            )?);
+            c.push(cfg);
         }
         if self.mode == Mode::Nar {
             c.push(BanTokens::stop_token(self.stop_token));
@@ -226,93 +226,91 @@ impl SamplerBuilder {
         if !self.logit_bias.is_empty() {
             c.push(LogitBias::new(self.logit_bias.clone()));
         }
-        let no_penalty = is_off(&self.repetition_penalty, |v| v == 1.0)
-            && is_off(&self.repetition_penalty_decay, |v| v == 0.0);
-        if !no_penalty {
-            c.push(RepetitionPenalty::with_mode(
-                x.repetition_penalty_mode,
-                self.repetition_penalty.clone(),
-                self.repetition_penalty_decay.clone(),
-                self.repetition_penalty_window.clone(),
-            )?);
+        let penalty = RepetitionPenalty::with_mode(
+            x.repetition_penalty_mode,
+            self.repetition_penalty.clone(),
+            self.repetition_penalty_decay.clone(),
+            self.repetition_penalty_window.clone(),
+        )?;
+        if !(is_off(&self.repetition_penalty, |v| v == 1.0)
+            && is_off(&self.repetition_penalty_decay, |v| v == 0.0))
+        {
+            c.push(penalty);
         }
+        let frequency = FrequencyPresencePenalty::new(
+            x.frequency_penalty.clone(),
+            x.presence_penalty.clone(),
+            self.repetition_penalty_window.clone(),
+        )?;
         if !(is_off(&x.frequency_penalty, |v| v == 0.0)
             && is_off(&x.presence_penalty, |v| v == 0.0))
         {
-            c.push(FrequencyPresencePenalty::new(
-                x.frequency_penalty.clone(),
-                x.presence_penalty.clone(),
-                self.repetition_penalty_window.clone(),
-            )?);
+            c.push(frequency);
         }
+        let length = LengthPenalty::new(self.length_penalty.clone(), self.stop_token)?;
         if self.mode == Mode::Ar && !is_off(&self.length_penalty, |v| v == 0.0) {
-            c.push(LengthPenalty::new(
-                self.length_penalty.clone(),
-                self.stop_token,
-            )?);
+            c.push(length);
         }
+        let min_p = MinP::new(self.min_p.clone(), self.min_p_min_tokens.clone())?;
         if !is_off(&self.min_p, |v| v == 0.0) {
-            c.push(MinP::new(
-                self.min_p.clone(),
-                self.min_p_min_tokens.clone(),
-            )?);
+            c.push(min_p);
         }
+        let top_k = TopK::new(self.top_k.clone())?;
         if !is_off(&self.top_k, |v| v <= 0.0) {
-            c.push(TopK::new(self.top_k.clone())?);
+            c.push(top_k);
         }
+        let top_p = TopP::new(self.top_p.clone())?;
         if !is_off(&self.top_p, |v| v >= 1.0) {
-            c.push(TopP::new(self.top_p.clone())?);
+            c.push(top_p);
         }
+        let typical = TypicalP::new(x.typical_p.clone())?;
         if !is_off(&x.typical_p, |v| v >= 1.0) {
-            c.push(TypicalP::new(x.typical_p.clone())?);
+            c.push(typical);
         }
+        let xtc = Xtc::new(x.xtc_probability.clone(), x.xtc_threshold.clone())?;
         if !is_off(&x.xtc_probability, |v| v <= 0.0) {
-            c.push(Xtc::new(
-                x.xtc_probability.clone(),
-                x.xtc_threshold.clone(),
-            )?);
+            c.push(xtc);
         }
+        let dynamic =
+            DynamicTemperature::new(self.temperature.clone(), self.min_temperature.clone())?;
+        let entropy = EntropyTemperature::new(
+            self.temperature.clone(),
+            x.dynatemp_range.clone(),
+            x.dynatemp_exponent.clone(),
+        )?;
+        // The entropy form (dynatemp_range > 0) replaces the temperature step.
         let entropy_form = !is_off(&x.dynatemp_range, |v| v <= 0.0);
         match (self.temperature.scalar(), self.min_temperature.scalar()) {
             _ if entropy_form => {
-                c.push(EntropyTemperature::new(
-                    self.temperature.clone(),
-                    x.dynatemp_range.clone(),
-                    x.dynatemp_exponent.clone(),
-                )?);
+                c.push(entropy);
             }
             (Some(t), Some(tm)) if !DynamicTemperature::is_dynamic(t, tm) => {
                 if t > 0.0 && t != 1.0 {
                     c.push(Temperature::new(t)?);
-                } else {
-                    Temperature::new(t)?; // validates
                 }
             }
             _ => {
-                c.push(DynamicTemperature::new(
-                    self.temperature.clone(),
-                    self.min_temperature.clone(),
-                )?);
+                c.push(dynamic);
             }
         }
+        let sigma = TopNSigma::new(self.top_no.clone())?;
         if !is_off(&self.top_no, |v| v <= 0.0) {
-            c.push(TopNSigma::new(self.top_no.clone())?);
+            c.push(sigma);
         }
+        let dry = Dry::new(
+            x.dry_multiplier.clone(),
+            x.dry_base.clone(),
+            x.dry_allowed_length.clone(),
+            x.dry_penalty_last_n.clone(),
+            x.dry_sequence_breakers.clone(),
+        )?;
         if !is_off(&x.dry_multiplier, |v| v == 0.0) {
-            c.push(Dry::new(
-                x.dry_multiplier.clone(),
-                x.dry_base.clone(),
-                x.dry_allowed_length.clone(),
-                x.dry_penalty_last_n.clone(),
-                x.dry_sequence_breakers.clone(),
-            )?);
+            c.push(dry);
         }
-        if let Some(version) = x.mirostat {
-            c.push(Mirostat::new(
-                version,
-                x.mirostat_tau.clone(),
-                x.mirostat_eta.clone(),
-            )?);
+        let version = x.mirostat.unwrap_or(MirostatVersion::V2);
+        let mirostat = Mirostat::new(version, x.mirostat_tau.clone(), x.mirostat_eta.clone())?;
+        if x.mirostat.is_some() {
+            c.push(mirostat);
         }
         if let Some(cfg) = &x.entropix {
             c.push(Entropix::new(cfg.clone())?);

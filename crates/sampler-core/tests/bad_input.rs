@@ -1,0 +1,139 @@
+//! Every class of bad input of SPEC §7 gives an error (never a panic, never a silent NaN).
+
+use candle_core::{Device, Tensor};
+use sampler_core::processors::{BanTokens, LogitBias};
+use sampler_core::{
+    History, LogitsProcessor, Mode, Sampler, SamplerBuilder, SamplerConfig, SamplerError,
+    SamplingContext,
+};
+
+fn logits(rows: usize, vocab: usize) -> Tensor {
+    Tensor::arange(0f32, (rows * vocab) as f32, &Device::Cpu)
+        .unwrap()
+        .reshape((rows, vocab))
+        .unwrap()
+}
+
+fn sampler() -> Sampler {
+    Sampler::from_config(
+        &SamplerConfig {
+            top_k: 3,
+            ..Default::default()
+        },
+        Mode::Ar,
+    )
+    .unwrap()
+}
+
+#[test]
+fn nan_and_pos_inf_logits() {
+    let mut v = vec![0f32; 8];
+    v[5] = f32::NAN;
+    let x = Tensor::from_vec(v.clone(), (2, 4), &Device::Cpu).unwrap();
+    let err = sampler().apply(&x, &SamplingContext::new(0)).unwrap_err();
+    assert!(matches!(err, SamplerError::NanLogits { row: 1 }), "{err}");
+    v[5] = f32::INFINITY;
+    let x = Tensor::from_vec(v, (2, 4), &Device::Cpu).unwrap();
+    assert!(sampler().apply(&x, &SamplingContext::new(0)).is_err());
+}
+
+#[test]
+fn all_neg_inf_row_is_named() {
+    let mut v = vec![0f32; 8];
+    v[4..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+    let x = Tensor::from_vec(v, (2, 4), &Device::Cpu).unwrap();
+    let err = sampler()
+        .clone()
+        .sample(&x, &SamplingContext::new(0))
+        .unwrap_err();
+    assert!(matches!(err, SamplerError::AllMasked { row: 1 }), "{err}");
+    assert!(err.to_string().contains("row 1"));
+    // A ban that removes the last finite token is caught too.
+    let x = Tensor::new(&[[f32::NEG_INFINITY, 1.0]], &Device::Cpu).unwrap();
+    let s = SamplerBuilder::new(Mode::Nar).build().unwrap();
+    assert!(matches!(
+        s.apply(&x, &SamplingContext::new(0)),
+        Err(SamplerError::AllMasked { row: 0 })
+    ));
+}
+
+#[test]
+fn token_ids_out_of_vocabulary() {
+    let x = logits(2, 4);
+    let h = History::from_padded_rows(&[vec![1, 4], vec![0, -1]], &Device::Cpu).unwrap();
+    let err = sampler()
+        .apply(&x, &SamplingContext::new(0).with_history(h))
+        .unwrap_err();
+    assert!(
+        matches!(err, SamplerError::TokenOutOfRange { id: 4, .. }),
+        "{err}"
+    );
+    let ctx = SamplingContext::new(0);
+    assert!(BanTokens::new(vec![4]).apply(&x, &ctx).is_err());
+    assert!(LogitBias::new(vec![(9, 1.0)]).apply(&x, &ctx).is_err());
+    let stop = SamplerBuilder::new(Mode::Nar)
+        .stop_token(Some(7))
+        .build()
+        .unwrap();
+    assert!(stop.apply(&x, &ctx).is_err());
+}
+
+#[test]
+fn history_rows_must_match() {
+    let h = History::from_padded_rows(&[vec![1]], &Device::Cpu).unwrap();
+    let err = sampler()
+        .apply(&logits(2, 4), &SamplingContext::new(0).with_history(h))
+        .unwrap_err();
+    assert!(err.to_string().contains("rows"), "{err}");
+}
+
+#[test]
+fn wrong_rank() {
+    let x = Tensor::zeros((2, 3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(
+        sampler().apply(&x, &SamplingContext::new(0)),
+        Err(SamplerError::Shape(_))
+    ));
+    let x = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(sampler().apply(&x, &SamplingContext::new(0)).is_err());
+}
+
+#[test]
+fn parameters_out_of_range() {
+    let b = || SamplerBuilder::new(Mode::Ar);
+    assert!(b().top_p(1.5).build().is_err());
+    assert!(b().top_p(-0.1).build().is_err());
+    assert!(b().min_p(1.5).build().is_err());
+    assert!(b().repetition_penalty(0.0).build().is_err());
+    assert!(b().repetition_penalty(-1.0).build().is_err());
+    assert!(b().temperature(f32::NAN).build().is_err());
+    assert!(b().top_no(f32::NAN).build().is_err());
+    let per_row = Tensor::new(&[0.5f32, 1.2], &Device::Cpu).unwrap();
+    assert!(b().top_p(per_row).build().is_err());
+    for bad in [
+        r#"{"dry_base": 0.9}"#,
+        r#"{"min_p_min_tokens": -1}"#,
+        r#"{"top_k": "x"}"#,
+    ] {
+        assert!(SamplerConfig::from_json(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn per_row_parameter_of_wrong_length() {
+    let t = Tensor::new(&[0.5f32, 1.2, 1.0], &Device::Cpu).unwrap();
+    let s = SamplerBuilder::new(Mode::Ar)
+        .temperature(t)
+        .build()
+        .unwrap();
+    assert!(matches!(
+        s.apply(&logits(2, 4), &SamplingContext::new(0)),
+        Err(SamplerError::Shape(_))
+    ));
+}
+
+#[test]
+fn unknown_config_keys() {
+    let err = SamplerConfig::from_json(r#"{"temperature": 1.0, "top_kk": 3}"#).unwrap_err();
+    assert!(err.to_string().contains("unknown field"), "{err}");
+}
