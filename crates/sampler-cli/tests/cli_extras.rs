@@ -216,3 +216,68 @@ fn entropix_with_attentions() {
     assert_eq!(o.status.code(), Some(1));
     assert!(!out.exists());
 }
+
+#[test]
+fn new_config_keys_through_the_cli() {
+    let d = Dir::new("keys");
+    let quarter = 0.25f32.ln();
+    let logits = d.npy(
+        "l.npy",
+        &Tensor::new(&[[quarter; 4]], &Device::Cpu).unwrap(),
+    );
+    let history = d.npy(
+        "h.npy",
+        &Tensor::new(&[[0i64, 1, 2, 0, 1]], &Device::Cpu).unwrap(),
+    );
+    // llama.cpp's DRY case: the repeat "0 1" was followed by 2, which loses 1.1^0 = 1.
+    let cfg = d.config(
+        r#"{"dry_multiplier": 1.0, "dry_base": 1.1, "dry_allowed_length": 2,
+            "dry_penalty_last_n": 5, "dry_sequence_breakers": [3]}"#,
+    );
+    let out = d.path("out.npy");
+    let apply = |cfg: &Path, out: &Path| {
+        sampler(&[
+            &"apply",
+            &"--config",
+            &cfg,
+            &"--logits",
+            &logits,
+            &"--history",
+            &history,
+            &"--out",
+            &out,
+        ])
+    };
+    let o = apply(&cfg, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let y = read(&out).to_vec2::<f32>().unwrap();
+    assert_eq!(y[0], vec![quarter, quarter, quarter - 1.0, quarter]);
+    // Mirostat, typical-p, XTC and the penalties all run from a config file.
+    let cfg = d.config(
+        r#"{"mirostat": 2, "mirostat_tau": 1.0, "typical_p": 0.9, "xtc_probability": 1.0,
+            "frequency_penalty": 0.5, "presence_penalty": 0.5, "repetition_penalty": 1.2,
+            "repetition_penalty_mode": "sign_aware", "logit_bias": {"1": 0.5}}"#,
+    );
+    let tokens = d.path("t.npy");
+    let o = sampler(&[
+        &"sample",
+        &"--config",
+        &cfg,
+        &"--logits",
+        &logits,
+        &"--history",
+        &history,
+        &"--seed",
+        &"2",
+        &"--out",
+        &tokens,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read(&tokens).dims(), &[1]);
+    // A breaker id outside the vocabulary is a one-line error.
+    let cfg = d.config(r#"{"dry_multiplier": 1.0, "dry_sequence_breakers": [9]}"#);
+    std::fs::remove_file(&out).unwrap();
+    let o = apply(&cfg, &out);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!out.exists());
+}

@@ -4,10 +4,10 @@
 //! Not a processor: it reads the processed logits (after the chain) and returns pairs, on the
 //! logits' device.
 //!
-//! Without a device top-k, exactly: the `width`-th largest score `v` is found by the value
-//! bisection of `tensor_ops`; every flat position gets a u32 key (its index if its score is
+//! Without a device top-k, exactly: the `width`-th largest score `v` comes from chunked sorts
+//! of the values ([`crate::sort_ops`]); every flat position gets a u32 key (its index if its score is
 //! above `v`, `n +` its index if equal to `v`, `u32::MAX` otherwise) and the `width` smallest
-//! keys, found by chunked sorts ([`crate::sort_ops`]), are all the scores above `v` and then the
+//! keys, found the same way, are all the scores above `v` and then the
 //! lowest-index ties at `v`. A last `width x width` ranking orders them by score.
 
 use candle_core::{DType, Tensor, D};
@@ -15,7 +15,7 @@ use candle_core::{DType, Tensor, D};
 use crate::error::{invalid, Result, SamplerError};
 use crate::processors::typical_p::log_softmax;
 use crate::sort_ops::{sorted_head, MAX_HEAD};
-use crate::tensor_ops::{count, finite, kth_largest};
+use crate::tensor_ops::{count, finite};
 
 /// The largest beam width.
 pub const MAX_BEAM_WIDTH: usize = MAX_HEAD;
@@ -85,7 +85,8 @@ pub fn beam_candidates(
             format!("{width} candidates asked for, but only {available} (row, token) pairs have a finite score"),
         ));
     }
-    let v = kth_largest(&flat, &Tensor::full(width as f32, (1, 1), dev)?)?;
+    // The width-th largest score (a value; how the sort orders ties does not matter).
+    let v = sorted_head(&flat, width, true)?.narrow(1, width - 1, 1)?;
     let index = Tensor::arange(0u32, n as u32, dev)?.unsqueeze(0)?;
     let tied_index = Tensor::arange(n as u32, 2 * n as u32, dev)?.unsqueeze(0)?;
     let none = Tensor::full(u32::MAX, (1, n), dev)?;
