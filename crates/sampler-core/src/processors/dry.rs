@@ -129,10 +129,12 @@ impl Dry {
         let rep_limit = match &breaker_row {
             None => Tensor::full(width as f32, (rows, 1), dev)?,
             Some(row) => {
-                let row = row.to_dtype(DType::U8)?.squeeze(0)?;
+                // An f32 lookup table: index_select of f32 exists on every backend.
+                let row = row.to_dtype(DType::F32)?.squeeze(0)?;
                 let is_b = row
                     .index_select(&s_ids.flatten_all()?, 0)?
-                    .reshape((rows, width))?;
+                    .reshape((rows, width))?
+                    .gt(0f32)?;
                 let is_b = (is_b * &valid)?;
                 masked_min(&k.broadcast_as((rows, width))?.contiguous()?, &is_b)?
                     .minimum(width as f32)?
