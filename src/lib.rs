@@ -9,6 +9,9 @@ pub use sampler_driver as driver;
 pub use sampler_kernels as kernels;
 
 pub use sampler_core::{
-    Chain, DrawRule, Drawn, History, LogitsProcessor, Mode, RowParam, Sampler, SamplerBuilder,
-    SamplerConfig, SamplerError, SamplingContext,
+    Chain, DrawRule, Drawn, ExecPath, History, LogitsProcessor, Mode, RowParam, Sampler,
+    SamplerBuilder, SamplerConfig, SamplerError, SamplingContext,
+};
+pub use sampler_driver::{
+    CodecLm, Driver, DriverConfig, DriverError, Generation, Knob, Progress, Rows, StageConfig,
 };

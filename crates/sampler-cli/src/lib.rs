@@ -4,3 +4,5 @@
 pub mod device;
 pub mod golden;
 pub mod io;
+pub mod selftest;
+pub mod suite;

@@ -3,15 +3,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::Duration;
 
-use anyhow::{bail, Result};
-use candle_core::DType;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sampler_core::{Mode, Sampler, SamplingContext};
-
 use sampler_cli::device::DeviceArg;
-use sampler_cli::io;
+use sampler_cli::{io, selftest, suite};
+use sampler_core::{ExecPath, Mode, Sampler, SamplerBuilder, SamplingContext};
 
 #[derive(Parser)]
 #[command(
@@ -43,17 +42,20 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Times chain + draw per step and prints one JSON object.
-    Bench {
-        #[command(flatten)]
-        input: Input,
-        #[arg(long, default_value_t = 50)]
-        iters: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Print JSON (the only format of a single bench).
+    /// Times chain + draw per step and prints one JSON object; with --suite, runs the whole
+    /// benchmark matrix and prints a markdown table (or JSON).
+    Bench(BenchArgs),
+    /// Checks a device against the CPU plain path: golden cases, random batches, the draw.
+    Selftest {
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
+        /// Folder of golden cases (default: ../shared/golden beside the source tree, or
+        /// $SAMPLER_GOLDEN_DIR).
         #[arg(long)]
-        json: bool,
+        golden: Option<PathBuf>,
+        /// Largest vocabulary of the random batches (the full run includes [256, 128256]).
+        #[arg(long, default_value_t = 128256)]
+        max_vocab: usize,
     },
 }
 
@@ -61,6 +63,12 @@ enum Cmd {
 enum ModeArg {
     Ar,
     Nar,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PathArg {
+    Plain,
+    Fused,
 }
 
 #[derive(Args)]
@@ -75,6 +83,9 @@ struct Input {
     mode: ModeArg,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    /// Fused kernels where the chain and device allow them, or the plain tensor path.
+    #[arg(long, value_enum, default_value_t = PathArg::Fused)]
+    path: PathArg,
     /// Unconditional logits (the logits' shape) for classifier-free guidance (cfg_strength).
     #[arg(long)]
     null_logits: Option<PathBuf>,
@@ -83,37 +94,96 @@ struct Input {
     attentions: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// Run the whole benchmark matrix instead of one input.
+    #[arg(long)]
+    suite: bool,
+    #[arg(long, required_unless_present = "suite")]
+    config: Option<PathBuf>,
+    #[arg(long, required_unless_present = "suite")]
+    logits: Option<PathBuf>,
+    #[arg(long)]
+    history: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = ModeArg::Ar)]
+    mode: ModeArg,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    #[arg(long, value_enum, default_value_t = PathArg::Fused)]
+    path: PathArg,
+    /// Timed iterations (at most, for --suite).
+    #[arg(long, default_value_t = 50)]
+    iters: usize,
+    /// Seconds per cell of the suite after which no further iteration starts.
+    #[arg(long, default_value_t = 3.0)]
+    budget_s: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print JSON (a single bench always does).
+    #[arg(long)]
+    json: bool,
+}
+
+fn mode_of(m: ModeArg) -> Mode {
+    match m {
+        ModeArg::Ar => Mode::Ar,
+        ModeArg::Nar => Mode::Nar,
+    }
+}
+
+fn path_of(p: PathArg) -> ExecPath {
+    match p {
+        PathArg::Plain => ExecPath::Plain,
+        PathArg::Fused => ExecPath::Fused,
+    }
+}
+
 struct Prepared {
     sampler: Sampler,
     batch: io::Batch,
     beam_width: usize,
 }
 
-impl Input {
-    fn mode(&self) -> Mode {
-        match self.mode {
-            ModeArg::Ar => Mode::Ar,
-            ModeArg::Nar => Mode::Nar,
-        }
-    }
+fn prepare(
+    config: &std::path::Path,
+    logits: &std::path::Path,
+    history: Option<&std::path::Path>,
+    mode: ModeArg,
+    device: DeviceArg,
+    path: PathArg,
+) -> Result<Prepared> {
+    let cfg = io::read_config(config)?;
+    let device = device.open()?;
+    let batch = io::read_batch(logits, history, mode_of(mode), &device)?;
+    cfg.validate()?;
+    let sampler = SamplerBuilder::from_config(&cfg, mode_of(mode))
+        .path(path_of(path))
+        .build()?;
+    Ok(Prepared {
+        sampler,
+        batch,
+        beam_width: cfg.beam_width as usize,
+    })
+}
 
+impl Input {
     fn prepare(&self) -> Result<Prepared> {
-        let cfg = io::read_config(&self.config)?;
-        let device = self.device.open()?;
-        let mut batch =
-            io::read_batch(&self.logits, self.history.as_deref(), self.mode(), &device)?;
-        if let Some(p) = &self.null_logits {
-            batch.null_logits = Some(io::read_null_logits(p, &batch, &device)?);
+        let mut p = prepare(
+            &self.config,
+            &self.logits,
+            self.history.as_deref(),
+            self.mode,
+            self.device,
+            self.path,
+        )?;
+        let device = p.batch.logits.device().clone();
+        if let Some(f) = &self.null_logits {
+            p.batch.null_logits = Some(io::read_null_logits(f, &p.batch, &device)?);
         }
-        if let Some(p) = &self.attentions {
-            batch.attentions = Some(io::read_attentions(p, &device)?);
+        if let Some(f) = &self.attentions {
+            p.batch.attentions = Some(io::read_attentions(f, &device)?);
         }
-        let sampler = Sampler::from_config(&cfg, self.mode())?;
-        Ok(Prepared {
-            sampler,
-            batch,
-            beam_width: cfg.beam_width as usize,
-        })
+        Ok(p)
     }
 }
 
@@ -131,6 +201,71 @@ fn context(batch: &io::Batch, seed: u64) -> SamplingContext {
     ctx
 }
 
+fn bench(a: BenchArgs) -> Result<()> {
+    if a.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    if a.suite {
+        let device = a.device.open()?;
+        let opts = suite::SuiteOptions {
+            max_iters: a.iters,
+            budget: Duration::from_secs_f64(a.budget_s),
+            max_plain_elems: if device.is_cpu() {
+                usize::MAX
+            } else {
+                64 << 20
+            },
+            seed: a.seed,
+        };
+        let (rows, bw) = suite::run_suite(&device, a.device.name(), &opts)?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({ "device": a.device.name(), "read_bandwidth_bytes_per_s": bw, "results": rows })
+            );
+        } else {
+            print!("{}", suite::markdown(&rows, bw, a.device.name()));
+        }
+        return Ok(());
+    }
+    let (config, logits) = (a.config.context("--config")?, a.logits.context("--logits")?);
+    let mut p = prepare(
+        &config,
+        &logits,
+        a.history.as_deref(),
+        a.mode,
+        a.device,
+        a.path,
+    )?;
+    // Validate once, then time the step as a decoding loop runs it: no validation reads.
+    p.sampler
+        .apply(&p.batch.logits, &context(&p.batch, a.seed))?;
+    let ctx = context(&p.batch, a.seed).with_validation(false);
+    let inp = suite::Inputs {
+        logits: p.batch.logits.clone(),
+        history: p.batch.history.clone(),
+        host_history: Vec::new(),
+    };
+    let budget = Duration::from_secs(3600);
+    let t = suite::time_it(a.iters, a.iters, budget, |i| {
+        suite::our_step(&mut p.sampler, &inp, a.seed, i).map(|_| ())
+    })?;
+    drop(ctx);
+    let (rows, vocab) = p.batch.logits.dims2()?;
+    let report = serde_json::json!({
+        "median_s": t.median_s,
+        "iters": t.iters,
+        "min_s": t.min_s,
+        "rows": rows,
+        "vocab": vocab,
+        "device": a.device.name(),
+        "path": match a.path { PathArg::Plain => "plain", PathArg::Fused => "fused" },
+        "chain": p.sampler.chain().names(),
+    });
+    println!("{report}");
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Apply { input, out } => {
@@ -138,10 +273,7 @@ fn run(cli: Cli) -> Result<()> {
             let y = p.sampler.apply(&p.batch.logits, &context(&p.batch, 0))?;
             let mut shape = p.batch.token_shape.clone();
             shape.push(y.dim(1)?);
-            io::write_npy_atomic(
-                &y.reshape(shape)?.to_device(&candle_core::Device::Cpu)?,
-                &out,
-            )
+            io::write_npy_atomic(&y.reshape(shape)?.to_device(&Device::Cpu)?, &out)
         }
         Cmd::Sample { input, seed, out } => {
             let mut p = input.prepare()?;
@@ -149,10 +281,7 @@ fn run(cli: Cli) -> Result<()> {
                 // Beam candidates over the processed logits: [beam_width, 2] (row, token).
                 let y = p.sampler.apply(&p.batch.logits, &context(&p.batch, seed))?;
                 let beams = sampler_core::beam_candidates(&y, None, p.beam_width)?;
-                return io::write_npy_atomic(
-                    &beams.pairs()?.to_device(&candle_core::Device::Cpu)?,
-                    &out,
-                );
+                return io::write_npy_atomic(&beams.pairs()?.to_device(&Device::Cpu)?, &out);
             }
             let d = p
                 .sampler
@@ -161,48 +290,27 @@ fn run(cli: Cli) -> Result<()> {
                 .tokens
                 .to_dtype(DType::I64)?
                 .reshape(p.batch.token_shape.clone())?;
-            io::write_npy_atomic(&tokens.to_device(&candle_core::Device::Cpu)?, &out)
+            io::write_npy_atomic(&tokens.to_device(&Device::Cpu)?, &out)
         }
-        Cmd::Bench {
-            input,
-            iters,
-            seed,
-            json: _,
+        Cmd::Bench(a) => bench(a),
+        Cmd::Selftest {
+            device,
+            golden,
+            max_vocab,
         } => {
-            if iters == 0 {
-                bail!("--iters must be at least 1");
+            let dev = device.open()?;
+            let opts = selftest::SelftestOptions {
+                golden_dir: golden,
+                max_vocab,
+            };
+            let summary = selftest::run(&dev, device.name(), &opts)?;
+            if summary.failed > 0 {
+                bail!(
+                    "selftest: {} of {} checks failed",
+                    summary.failed,
+                    summary.passed + summary.failed
+                );
             }
-            let mut p = input.prepare()?;
-            let dev = p.batch.logits.device().clone();
-            // Validate once, then time the step as a decoding loop runs it.
-            p.sampler.apply(&p.batch.logits, &context(&p.batch, seed))?;
-            let ctx = context(&p.batch, seed).with_validation(false);
-            let mut times = Vec::with_capacity(iters);
-            for i in 0..iters + 2 {
-                let c = ctx.clone().with_step(i as u64);
-                let t0 = Instant::now();
-                let d = p.sampler.sample(&p.batch.logits, &c)?;
-                dev.synchronize()?;
-                let dt = t0.elapsed().as_secs_f64();
-                drop(d);
-                if i >= 2 {
-                    times.push(dt);
-                }
-            }
-            times.sort_by(f64::total_cmp);
-            let median = times[times.len() / 2];
-            let (rows, vocab) = p.batch.logits.dims2()?;
-            let report = serde_json::json!({
-                "median_s": median,
-                "iters": iters,
-                "min_s": times[0],
-                "max_s": times[times.len() - 1],
-                "rows": rows,
-                "vocab": vocab,
-                "device": input.device.name(),
-                "chain": p.sampler.chain().names(),
-            });
-            println!("{report}");
             Ok(())
         }
     }
@@ -210,6 +318,11 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A panic is a bug, but the contract still holds: one line, a clean non-zero exit.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.to_string().replace('\n', " ");
+        eprintln!("error: internal error: {msg}");
+    }));
     match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
@@ -217,9 +330,6 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::from(1)
         }
-        Err(_) => {
-            eprintln!("error: internal error (a panic); please report it");
-            ExitCode::from(1)
-        }
+        Err(_) => ExitCode::from(1),
     }
 }

@@ -43,4 +43,5 @@ pub use draw::{draw, DrawRule, Drawn};
 pub use error::{Result, SamplerError};
 pub use param::RowParam;
 pub use processor::{Chain, LogitsProcessor};
+pub use processors::fused::ExecPath;
 pub use sampler::{prepare, Sampler, SamplerBuilder};

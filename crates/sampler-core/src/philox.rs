@@ -1,42 +1,9 @@
-//! Philox4x32-10, the counter-based generator of Salmon et al., "Parallel random numbers: as easy
-//! as 1, 2, 3" (SC'11). A draw is a pure function of (seed, row id, step), which is what makes the
-//! same seed give the same token on every device, batch composition and thread count.
+//! The Philox4x32-10 draw uniforms. The one implementation lives in sampler-kernels (the fused
+//! CPU op uses it, and the CUDA / Metal kernels mirror it); this module re-exports it under its
+//! historical names.
 
-const M0: u32 = 0xD251_1F53;
-const M1: u32 = 0xCD9E_8D57;
-const W0: u32 = 0x9E37_79B9;
-const W1: u32 = 0xBB67_AE85;
-
-fn mulhilo(a: u32, b: u32) -> (u32, u32) {
-    let p = (a as u64) * (b as u64);
-    ((p >> 32) as u32, p as u32)
-}
-
-/// The ten-round Philox4x32 bijection of `counter` under `key`.
-pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
-    let mut c = counter;
-    let mut k = key;
-    for round in 0..10 {
-        if round > 0 {
-            k[0] = k[0].wrapping_add(W0);
-            k[1] = k[1].wrapping_add(W1);
-        }
-        let (hi0, lo0) = mulhilo(M0, c[0]);
-        let (hi1, lo1) = mulhilo(M1, c[2]);
-        c = [hi1 ^ c[1] ^ k[0], lo1, hi0 ^ c[3] ^ k[1], lo0];
-    }
-    c
-}
-
-/// The uniform in [0, 1) of one draw: key = seed, counter = (step, row id, 0). The top 24 bits of
-/// the first output word make an f32 with every value exactly representable.
-pub fn uniform(seed: u64, row_id: u32, step: u64) -> f32 {
-    let out = philox4x32_10(
-        [step as u32, (step >> 32) as u32, row_id, 0],
-        [seed as u32, (seed >> 32) as u32],
-    );
-    (out[0] >> 8) as f32 * (1.0 / 16_777_216.0)
-}
+pub use sampler_kernels::philox4x32_10;
+pub use sampler_kernels::philox_uniform as uniform;
 
 /// A uniform in [0, 1) on a side stream: counter = (step, row id, 0, lane). Lane 0 is the draw's
 /// own stream ([`uniform`]); a processor that needs its own coin per row (XTC) uses another lane,
@@ -52,43 +19,6 @@ pub fn uniform_lane(seed: u64, row_id: u32, step: u64, lane: u32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // Known-answer vectors of the Random123 distribution (kat_vectors, philox4x32 10 rounds).
-    #[test]
-    fn known_answers() {
-        assert_eq!(
-            philox4x32_10([0, 0, 0, 0], [0, 0]),
-            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]
-        );
-        assert_eq!(
-            philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
-            [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]
-        );
-        assert_eq!(
-            philox4x32_10(
-                [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
-                [0xa409_3822, 0x299f_31d0]
-            ),
-            [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]
-        );
-    }
-
-    #[test]
-    fn uniform_is_in_unit_interval_and_keyed() {
-        let mut seen = std::collections::HashSet::new();
-        for row in 0..64 {
-            for step in 0..64 {
-                let u = uniform(7, row, step);
-                assert!((0.0..1.0).contains(&u));
-                seen.insert(u.to_bits());
-            }
-        }
-        // 4096 draws of 24 bits: collisions are possible but rare (expected about 0.5).
-        assert!(seen.len() >= 4090, "only {} distinct values", seen.len());
-        assert_ne!(uniform(7, 3, 5), uniform(8, 3, 5));
-        assert_ne!(uniform(7, 3, 5), uniform(7, 4, 5));
-        assert_ne!(uniform(7, 3, 5), uniform(7, 3, 6));
-    }
 
     #[test]
     fn lane_zero_is_the_draw_stream_and_other_lanes_differ() {

@@ -4,7 +4,7 @@
 use candle_core::Tensor;
 
 use crate::context::SamplingContext;
-use crate::draw::Drawn;
+use crate::draw::{DrawRule, Drawn};
 use crate::error::Result;
 
 /// One step of the chain: `[rows, vocab]` f32 logits in, logits of the same shape out, on the
@@ -15,6 +15,22 @@ pub trait LogitsProcessor: Send + Sync + std::fmt::Debug {
 
     /// Transforms the logits.
     fn apply(&self, logits: &Tensor, ctx: &SamplingContext) -> Result<Tensor>;
+
+    /// Whether [`LogitsProcessor::apply_and_draw`] runs this step and the draw as one fused
+    /// step; a [`crate::Sampler`] whose chain ends with such a step uses it.
+    fn fuses_draw(&self) -> bool {
+        false
+    }
+
+    /// This step followed by the draw; the default runs one after the other.
+    fn apply_and_draw(
+        &self,
+        logits: &Tensor,
+        rule: &DrawRule,
+        ctx: &SamplingContext,
+    ) -> Result<Drawn> {
+        crate::draw::draw(&self.apply(logits, ctx)?, rule, ctx)
+    }
 
     /// Sees the tokens drawn from this step's distribution (for stateful samplers).
     fn accept(&mut self, _drawn: &Drawn, _ctx: &SamplingContext) -> Result<()> {

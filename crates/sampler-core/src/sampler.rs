@@ -9,6 +9,7 @@ use crate::draw::{draw, DrawRule, Drawn};
 use crate::error::{Result, SamplerError};
 use crate::param::RowParam;
 use crate::processor::{Chain, LogitsProcessor};
+use crate::processors::fused::{fuse, BuilderParams, ExecPath, FilterParams, PenaltyParams};
 use crate::processors::*;
 
 /// Builds a chain in the default order (docs/samplers.md):
@@ -36,6 +37,7 @@ pub struct SamplerBuilder {
     ban_tokens: Vec<u32>,
     logit_bias: Vec<(u32, f32)>,
     extra: Extras,
+    path: ExecPath,
 }
 
 /// The builder's settings for the samplers beyond the reference pipeline (issue 3).
@@ -139,6 +141,7 @@ impl SamplerBuilder {
             ban_tokens: c.ban_tokens.clone(),
             logit_bias: c.logit_bias.iter().map(|(&id, &b)| (id, b)).collect(),
             extra: Extras::from_config(c),
+            path: ExecPath::default(),
         }
     }
 
@@ -205,6 +208,36 @@ impl SamplerBuilder {
     pub fn entropix(mut self, config: Option<EntropixConfig>) -> Self {
         self.extra.entropix = config;
         self
+    }
+
+    /// Fused (the default) or plain execution of the segments the fused ops cover.
+    pub fn path(mut self, path: ExecPath) -> Self {
+        self.path = path;
+        self
+    }
+
+    /// The parameters of the fusable segments, for [`fuse`].
+    fn builder_params(&self) -> BuilderParams {
+        BuilderParams {
+            filter: FilterParams {
+                min_p: self.min_p.clone(),
+                min_tokens: self.min_p_min_tokens.clone(),
+                top_k: self.top_k.clone(),
+                top_p: self.top_p.clone(),
+                temperature: self.temperature.clone(),
+                min_temperature: self.min_temperature.clone(),
+                top_n_sigma: self.top_no.clone(),
+            },
+            penalties: PenaltyParams {
+                repetition: self.repetition_penalty.clone(),
+                decay: self.repetition_penalty_decay.clone(),
+                window: self.repetition_penalty_window.clone(),
+                length: self.length_penalty.clone(),
+                stop_token: self.stop_token,
+                ban_stop_token: self.mode == Mode::Nar,
+                ban_tokens: self.ban_tokens.clone(),
+            },
+        }
     }
 
     /// The processors in the default order.
@@ -315,7 +348,10 @@ impl SamplerBuilder {
         if let Some(cfg) = &x.entropix {
             c.push(Entropix::new(cfg.clone())?);
         }
-        Ok(c)
+        match self.path {
+            ExecPath::Plain => Ok(c),
+            ExecPath::Fused => fuse(c, &self.builder_params()),
+        }
     }
 
     /// The chain and its draw rule.
@@ -370,8 +406,21 @@ impl Sampler {
 
     /// Runs the chain and draws one token per row; stateful processors see the draw.
     pub fn sample(&mut self, logits: &Tensor, ctx: &SamplingContext) -> Result<Drawn> {
-        let y = self.apply(logits, ctx)?;
-        let d = draw(&y, &self.rule, ctx)?;
+        let d = match self.chain.steps().split_last() {
+            // A tail that fuses itself with the draw (the fused filter) never masks a whole
+            // row, so validating its input is validating the processed logits.
+            Some((tail, head)) if tail.fuses_draw() => {
+                let mut x = prepare(logits, ctx)?;
+                for step in head {
+                    x = step.apply(&x, ctx)?;
+                }
+                if ctx.validate() {
+                    check_output(&x)?;
+                }
+                tail.apply_and_draw(&x, &self.rule, ctx)?
+            }
+            _ => draw(&self.apply(logits, ctx)?, &self.rule, ctx)?,
+        };
         self.chain.accept(&d, ctx)?;
         Ok(d)
     }

@@ -5,7 +5,8 @@
 use candle_core::{Device, Tensor};
 use sampler_core::processors::{Mirostat, MirostatVersion};
 use sampler_core::{
-    History, Mode, RepetitionPenaltyMode, Sampler, SamplerBuilder, SamplerConfig, SamplingContext,
+    ExecPath, History, Mode, RepetitionPenaltyMode, Sampler, SamplerBuilder, SamplerConfig,
+    SamplingContext,
 };
 
 fn logits(rows: usize, vocab: usize) -> Tensor {
@@ -16,8 +17,11 @@ fn logits(rows: usize, vocab: usize) -> Tensor {
     Tensor::from_vec(v, (rows, vocab), &Device::Cpu).unwrap()
 }
 
+/// The chain of the plain path (every processor its own step, in the builder's order).
 fn chain_names(cfg: &SamplerConfig, mode: Mode) -> Vec<&'static str> {
-    Sampler::from_config(cfg, mode).unwrap().chain().names()
+    cfg.validate().unwrap();
+    let b = SamplerBuilder::from_config(cfg, mode).path(ExecPath::Plain);
+    b.build_chain().unwrap().names()
 }
 
 #[test]
@@ -76,6 +80,54 @@ fn every_processor_in_its_documented_place() {
         ..Default::default()
     };
     assert_eq!(chain_names(&cfg, Mode::Ar), vec!["temperature", "entropix"]);
+    let cfg = SamplerConfig {
+        repetition_penalty: 1.5,
+        repetition_penalty_mode: RepetitionPenaltyMode::SignAware,
+        ..Default::default()
+    };
+    // Its own name: the fused penalty op (divide form only) must not take it for its own.
+    assert_eq!(
+        chain_names(&cfg, Mode::Ar),
+        vec!["repetition_penalty_sign_aware"]
+    );
+}
+
+#[test]
+fn fused_and_plain_paths_agree_with_the_new_processors() -> anyhow::Result<()> {
+    // The fused path replaces the segments it recognises; the new processors must keep their
+    // place and meaning around them.
+    let x = logits(6, 300);
+    let rows: Vec<Vec<i64>> = (0..6)
+        .map(|r| (0..20).map(|i| ((i * 7 + r) % 11) as i64).collect())
+        .collect();
+    let ctx = SamplingContext::new(5).with_history(History::from_padded_rows(&rows, &Device::Cpu)?);
+    for json in [
+        r#"{"repetition_penalty": 1.3, "frequency_penalty": 0.2, "top_k": 40, "typical_p": 0.9, "dry_multiplier": 0.8}"#,
+        r#"{"repetition_penalty": 1.3, "repetition_penalty_mode": "sign_aware", "length_penalty": 0.3, "top_p": 0.9}"#,
+        r#"{"min_p": 0.05, "xtc_probability": 1.0, "xtc_threshold": 0.01, "temperature": 0.7, "dynatemp_range": 0.3}"#,
+        r#"{"top_k": 30, "temperature": 0.8, "mirostat": 2, "mirostat_tau": 2.0}"#,
+        r#"{"logit_bias": {"3": 2.0}, "ban_tokens": [4], "repetition_penalty": 1.2, "entropix": true}"#,
+    ] {
+        let cfg = SamplerConfig::from_json(json)?;
+        let plain = SamplerBuilder::from_config(&cfg, Mode::Ar)
+            .path(ExecPath::Plain)
+            .build()?;
+        let fused = SamplerBuilder::from_config(&cfg, Mode::Ar)
+            .path(ExecPath::Fused)
+            .build()?;
+        let (a, b) = (
+            plain.apply(&x, &ctx)?.to_vec2::<f32>()?,
+            fused.apply(&x, &ctx)?.to_vec2::<f32>()?,
+        );
+        for (ra, rb) in a.iter().zip(&b) {
+            for (va, vb) in ra.iter().zip(rb) {
+                let same =
+                    (va.is_infinite() && va == vb) || (va - vb).abs() <= 1e-5 * va.abs().max(1.0);
+                assert!(same, "{json}: plain {va} vs fused {vb}");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[test]

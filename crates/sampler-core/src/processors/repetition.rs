@@ -179,7 +179,11 @@ impl RepetitionPenalty {
 
 impl LogitsProcessor for RepetitionPenalty {
     fn name(&self) -> &'static str {
-        "repetition_penalty"
+        // Distinct names: the fused penalty op implements the divide form only.
+        match self.mode {
+            RepetitionPenaltyMode::Divide => "repetition_penalty",
+            RepetitionPenaltyMode::SignAware => "repetition_penalty_sign_aware",
+        }
     }
 
     fn apply(&self, logits: &Tensor, ctx: &SamplingContext) -> Result<Tensor> {

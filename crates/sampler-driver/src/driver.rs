@@ -1,0 +1,423 @@
+//! The generation loop: the AR stage for a batch of rows with histories, lengths and stop flags
+//! on the device, then one batched chain call per NAR level.
+//!
+//! Random numbers: every draw is keyed by (seed, row id, step) (sampler-core's Philox), with
+//! - AR step s of sequence `id`: row id = `id`, step = s;
+//! - NAR level l, position j of sequence `id`: row id = `id * max_steps + j`,
+//!   step = [`NAR_STEP_BASE`] + l.
+//!
+//! None of these depend on the other rows of the batch, so a sequence gives the same codes alone
+//! and inside any batch (for the same seed, `max_steps` and model).
+
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use sampler_core::{History, Mode, SamplingContext};
+
+use crate::config::DriverConfig;
+use crate::error::{invalid, DriverError, Result};
+use crate::model::CodecLm;
+
+/// The Philox step of NAR level l is `NAR_STEP_BASE + l`, far from every AR step.
+pub const NAR_STEP_BASE: u64 = 1 << 63;
+
+/// The sequences of one batch.
+#[derive(Clone, Debug)]
+pub struct Rows {
+    /// A stable id per sequence (the key of its random numbers), e.g. the request id.
+    pub ids: Vec<u32>,
+    /// Each sequence's own limit on codes (at most `DriverConfig::max_steps`); `None` = that
+    /// limit for every row.
+    pub max_steps: Option<Vec<usize>>,
+}
+
+impl Rows {
+    /// Sequences with the given ids.
+    pub fn new(ids: Vec<u32>) -> Self {
+        Self {
+            ids,
+            max_steps: None,
+        }
+    }
+
+    /// Sequences 0..n.
+    pub fn first(n: usize) -> Self {
+        Self::new((0..n as u32).collect())
+    }
+
+    pub fn with_max_steps(mut self, per_row: Vec<usize>) -> Self {
+        self.max_steps = Some(per_row);
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// What the driver reports while it runs (for a progress bar or a log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// AR step `step` (0-based) was issued; at most `limit` steps will run.
+    ArStep { step: usize, limit: usize },
+    /// The host read the stop flags after `steps` steps: `running` rows have not stopped.
+    ArRunning { steps: usize, running: usize },
+    /// The AR stage is over after `steps` steps; the longest row has `max_len` codes.
+    ArDone { steps: usize, max_len: usize },
+    /// NAR level `level` (1-based up to `levels - 1`) is done.
+    NarLevel { level: usize, levels: usize },
+}
+
+/// The generated codes.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// `[batch, T_max, levels]` u32 on the model's device, `T_max` = the longest row. Entries at
+    /// or past a row's length hold the stop token.
+    pub codes: Tensor,
+    /// Codes per row (the stop token is not counted).
+    pub lens: Vec<usize>,
+    /// The stop token used.
+    pub stop_token: u32,
+    /// AR steps run (a multiple of the stop check interval, or the step limit).
+    pub ar_steps: usize,
+    /// Wall time of the AR stage and of all NAR levels (the device is synchronised at the end
+    /// of each stage).
+    pub ar_time: Duration,
+    pub nar_time: Duration,
+}
+
+impl Generation {
+    /// The codes as i64 with `pad` at and past each row's length (e.g. -1 for `.npy` output).
+    pub fn padded_i64(&self, pad: i64) -> Result<Tensor> {
+        let (b, t, l) = self.codes.dims3()?;
+        let dev = self.codes.device();
+        let lens: Vec<u32> = self.lens.iter().map(|&n| n as u32).collect();
+        let valid = valid_positions(&Tensor::from_vec(lens, b, dev)?, t)?
+            .unsqueeze(2)?
+            .broadcast_as((b, t, l))?;
+        let codes = self.codes.to_dtype(DType::I64)?;
+        Ok(valid.where_cond(&codes, &Tensor::full(pad, (b, t, l), dev)?)?)
+    }
+
+    /// Codes generated per second of wall time (all levels of all rows).
+    pub fn codes_per_second(&self) -> f64 {
+        let levels = self.codes.dim(2).unwrap_or(0);
+        let total: usize = self.lens.iter().sum::<usize>() * levels;
+        total as f64 / (self.ar_time + self.nar_time).as_secs_f64().max(1e-9)
+    }
+}
+
+/// `[batch, t]` u8: 1 where the position is below the row's length.
+fn valid_positions(lens: &Tensor, t: usize) -> Result<Tensor> {
+    let pos = Tensor::arange(0u32, t as u32, lens.device())?.unsqueeze(0)?;
+    Ok(pos.broadcast_lt(&lens.unsqueeze(1)?)?)
+}
+
+/// Runs AR + NAR generation for batches with one [`DriverConfig`].
+#[derive(Clone, Debug)]
+pub struct Driver {
+    config: DriverConfig,
+}
+
+impl Driver {
+    pub fn new(config: DriverConfig) -> Self {
+        Self { config }
+    }
+
+    pub fn config(&self) -> &DriverConfig {
+        &self.config
+    }
+
+    /// Generates codes `[batch, T_max, levels]` for `rows`.
+    pub fn generate<M: CodecLm>(
+        &self,
+        model: &mut M,
+        rows: &Rows,
+        seed: u64,
+    ) -> Result<Generation> {
+        self.generate_with(model, rows, seed, |_| {})
+    }
+
+    /// [`Driver::generate`], reporting [`Progress`] to `observer`.
+    pub fn generate_with<M: CodecLm>(
+        &self,
+        model: &mut M,
+        rows: &Rows,
+        seed: u64,
+        mut observer: impl FnMut(Progress),
+    ) -> Result<Generation> {
+        let plan = self.check(model, rows)?;
+        let device = model.device().clone();
+
+        let start = Instant::now();
+        let (level0, lens, ar_steps) =
+            self.run_ar(model, rows, &plan, seed, &device, &mut observer)?;
+        let ar_time = start.elapsed();
+
+        let start = Instant::now();
+        let codes = self.run_nar(model, rows, &plan, seed, level0, &lens, &mut observer)?;
+        device.synchronize()?;
+        let nar_time = start.elapsed();
+
+        Ok(Generation {
+            codes,
+            lens,
+            stop_token: plan.stop_token,
+            ar_steps,
+            ar_time,
+            nar_time,
+        })
+    }
+
+    /// Checks the request once, before any step (the loop itself runs without validation).
+    fn check<M: CodecLm>(&self, model: &M, rows: &Rows) -> Result<Plan> {
+        let c = &self.config;
+        let batch = rows.len();
+        if batch == 0 {
+            return Err(invalid("the batch has no rows"));
+        }
+        if c.max_steps == 0 {
+            return Err(invalid("max_steps must be at least 1"));
+        }
+        if c.stop_check_interval == 0 {
+            return Err(invalid("stop_check_interval must be at least 1"));
+        }
+        let vocab = model.vocab_size();
+        if vocab < 2 {
+            return Err(invalid(format!(
+                "vocab size {vocab} leaves no room for codes and a stop token"
+            )));
+        }
+        if model.levels() == 0 {
+            return Err(invalid("the model has no RVQ level"));
+        }
+        let stop_token = c
+            .stop_token
+            .or(c.ar.sampler.stop_token)
+            .unwrap_or(vocab as u32 - 1);
+        if stop_token as usize >= vocab {
+            return Err(invalid(format!(
+                "stop token {stop_token} is not below vocab size {vocab}"
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = rows.ids.iter().find(|id| !seen.insert(**id)) {
+            return Err(invalid(format!(
+                "sequence id {dup} appears twice in the batch"
+            )));
+        }
+        let max_id = *rows.ids.iter().max().unwrap_or(&0) as u64;
+        if (max_id + 1) * c.max_steps as u64 > 1 << 32 {
+            return Err(invalid(format!(
+                "sequence id {max_id} with max_steps {} overflows the u32 NAR row id (id * max_steps + position)",
+                c.max_steps
+            )));
+        }
+        let max_lens = match &rows.max_steps {
+            None => vec![c.max_steps; batch],
+            Some(m) if m.len() != batch => {
+                return Err(invalid(format!(
+                    "{} per-row max steps for {batch} rows",
+                    m.len()
+                )))
+            }
+            Some(m) => {
+                if let Some(bad) = m.iter().find(|&&n| n > c.max_steps) {
+                    return Err(invalid(format!(
+                        "a row's max steps {bad} exceeds the driver's max_steps {}",
+                        c.max_steps
+                    )));
+                }
+                m.clone()
+            }
+        };
+        c.ar.validate("AR", batch)?;
+        c.nar.validate("NAR", batch)?;
+        Ok(Plan {
+            vocab,
+            stop_token,
+            levels: model.levels(),
+            max_lens,
+        })
+    }
+
+    /// The AR loop. Returns the first level `[batch, T_max]` (stop token past each length), the
+    /// lengths and the number of steps run.
+    fn run_ar<M: CodecLm>(
+        &self,
+        model: &mut M,
+        rows: &Rows,
+        plan: &Plan,
+        seed: u64,
+        device: &Device,
+        observer: &mut impl FnMut(Progress),
+    ) -> Result<(Tensor, Vec<usize>, usize)> {
+        let batch = rows.len();
+        let limit = *plan.max_lens.iter().max().unwrap_or(&0);
+        let one_row_each = vec![1; batch];
+        let ar = &self.config.ar;
+        let mut sampler = ar.sampler(Mode::Ar, plan.stop_token, &one_row_each, device)?;
+        let max_lens: Vec<u32> = plan.max_lens.iter().map(|&n| n as u32).collect();
+        let max_lens = Tensor::from_vec(max_lens, batch, device)?;
+        // 1 = the row is finished: it drew the stop token or reached its own limit.
+        let mut stopped = max_lens.eq(0u32)?;
+        // The first step validates the logits (NaN, +inf, empty rows); later steps trust them.
+        let mut ctx = SamplingContext::new(seed)
+            .with_row_ids(rows.ids.clone())
+            .with_history(History::empty(batch, limit, device)?);
+        let mut steps = 0;
+        while steps < limit {
+            observer(Progress::ArStep { step: steps, limit });
+            let history = ctx.history().expect("the AR context has a history");
+            let logits = model
+                .ar_step(&history.tokens()?, history.lens())
+                .map_err(|e| DriverError::Model(format!("AR step {steps}: {e}")))?;
+            check_logits(&logits, &[batch, plan.vocab], "AR step")?;
+            let drawn = sampler.sample(&logits, &ctx)?;
+            let is_stop = drawn.tokens.eq(plan.stop_token)?;
+            // A finished row keeps its codes and length: only running rows that did not stop grow.
+            let grows = (stopped.eq(0u8)? * is_stop.eq(0u8)?)?;
+            ctx.advance(&drawn.tokens, Some(&grows))?;
+            if steps == 0 {
+                ctx = ctx.with_validation(false);
+            }
+            let lens = ctx.history().expect("the AR context has a history").lens();
+            stopped = stopped.maximum(&is_stop)?.maximum(&lens.ge(&max_lens)?)?;
+            steps += 1;
+            if steps % self.config.stop_check_interval == 0 && steps < limit {
+                let done = stopped
+                    .to_dtype(DType::U32)?
+                    .sum_all()?
+                    .to_scalar::<u32>()? as usize;
+                observer(Progress::ArRunning {
+                    steps,
+                    running: batch - done,
+                });
+                if done == batch {
+                    break;
+                }
+            }
+        }
+        let history = ctx.history().expect("the AR context has a history");
+        let lens: Vec<usize> = history
+            .lens()
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(|n| n as usize)
+            .collect();
+        let t_max = lens.iter().copied().max().unwrap_or(0);
+        observer(Progress::ArDone {
+            steps,
+            max_len: t_max,
+        });
+        let codes = history.tokens()?.narrow(1, 0, t_max)?;
+        let valid = valid_positions(history.lens(), t_max)?;
+        let codes = valid.where_cond(
+            &codes,
+            &Tensor::full(plan.stop_token, (batch, t_max), device)?,
+        )?;
+        Ok((codes, lens, steps))
+    }
+
+    /// The NAR levels, each one chain call over every position of every row.
+    #[allow(clippy::too_many_arguments)]
+    fn run_nar<M: CodecLm>(
+        &self,
+        model: &mut M,
+        rows: &Rows,
+        plan: &Plan,
+        seed: u64,
+        level0: Tensor,
+        lens: &[usize],
+        observer: &mut impl FnMut(Progress),
+    ) -> Result<Tensor> {
+        let (batch, t_max) = level0.dims2()?;
+        let device = level0.device().clone();
+        if t_max == 0 {
+            return Ok(Tensor::zeros((batch, 0, plan.levels), DType::U32, &device)?);
+        }
+        let mut codes = level0.unsqueeze(2)?;
+        let lens_host: Vec<u32> = lens.iter().map(|&n| n as u32).collect();
+        let lens_t = Tensor::from_vec(lens_host, batch, &device)?;
+        // The chain runs on the positions below each row's length only (padding costs
+        // nothing): chain row r is position `pos_of[r]` of sequence `seq_of[r]`, in order.
+        let stride = self.config.max_steps as u32;
+        let (mut seq_of, mut pos_of, mut flat_of, mut row_ids) = (vec![], vec![], vec![], vec![]);
+        for (b, &len) in lens.iter().enumerate() {
+            for j in 0..len as u32 {
+                seq_of.push(b as u32);
+                pos_of.push(j);
+                flat_of.push((b * t_max) as u32 + j);
+                row_ids.push(rows.ids[b] * stride + j);
+            }
+        }
+        let n = seq_of.len();
+        // Where each (b, j) of the `[batch * T_max]` output reads from `[drawn; stop token]`.
+        let mut scatter_back = vec![n as u32; batch * t_max];
+        for (r, &f) in flat_of.iter().enumerate() {
+            scatter_back[f as usize] = r as u32;
+        }
+        let seq_of = Tensor::from_vec(seq_of, n, &device)?;
+        let pos_of = Tensor::from_vec(pos_of, n, &device)?;
+        let flat_of = Tensor::from_vec(flat_of, n, &device)?;
+        let scatter_back = Tensor::from_vec(scatter_back, batch * t_max, &device)?;
+        let stop = Tensor::new(&[plan.stop_token], &device)?;
+        let mut sampler = self
+            .config
+            .nar
+            .sampler(Mode::Nar, plan.stop_token, lens, &device)?;
+        for level in 1..plan.levels {
+            let logits = model
+                .nar_level(&codes, &lens_t, level)
+                .map_err(|e| DriverError::Model(format!("NAR level {level}: {e}")))?;
+            check_logits(&logits, &[batch, t_max, plan.vocab], "NAR level")?;
+            let logits = logits
+                .reshape((batch * t_max, plan.vocab))?
+                .index_select(&flat_of, 0)?;
+            // Position j sees the previous level before j (SPEC §4): its history is the
+            // previous level of its sequence with length j.
+            let previous = codes
+                .i((.., .., level - 1))?
+                .contiguous()?
+                .index_select(&seq_of, 0)?;
+            let ctx = SamplingContext::new(seed)
+                .with_step(NAR_STEP_BASE + level as u64)
+                .with_row_ids(row_ids.clone())
+                .with_history(History::new(&previous, &pos_of)?)
+                .with_validation(level == 1);
+            sampler.reset();
+            let drawn = sampler.sample(&logits, &ctx)?;
+            let next = Tensor::cat(&[&drawn.tokens, &stop], 0)?
+                .index_select(&scatter_back, 0)?
+                .reshape((batch, t_max))?;
+            codes = Tensor::cat(&[&codes, &next.unsqueeze(2)?], 2)?;
+            observer(Progress::NarLevel {
+                level,
+                levels: plan.levels,
+            });
+        }
+        Ok(codes)
+    }
+}
+
+/// What [`Driver::check`] derived from the request.
+struct Plan {
+    vocab: usize,
+    stop_token: u32,
+    levels: usize,
+    max_lens: Vec<usize>,
+}
+
+fn check_logits(logits: &Tensor, want: &[usize], what: &str) -> Result<()> {
+    if logits.dims() != want {
+        return Err(DriverError::Model(format!(
+            "{what} returned logits of shape {:?}, expected {want:?}",
+            logits.dims()
+        )));
+    }
+    Ok(())
+}

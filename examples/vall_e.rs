@@ -1,0 +1,651 @@
+//! VALL-E shaped text-to-codes generation with the sampler driver.
+//!
+//! A small model built with candle-nn: a phoneme embedding, an autoregressive decoder that
+//! predicts the first RVQ level one code at a time (1024 codes + a stop token), and a
+//! non-autoregressive decoder that predicts the other 7 levels, each for every position at
+//! once. The weights are seeded random numbers (so the "audio" is noise, but every shape,
+//! cost and sampling path is the real one), or come from a safetensors file (`--weights`).
+//!
+//!     cargo run --release --example vall_e
+//!     cargo run --release --example vall_e -- --text "hello world" --text "a second prompt" --seed 7
+//!     cargo run --release --features cuda --example vall_e -- --device cuda --batch 64
+//!
+//! Writes the codes to `vall_e_codes.npy`: int64 `[batch, T_max, 8]`, -1 past each row's end.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_nn::kv_cache::KvCache;
+use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder, VarMap};
+use candle_sampler::driver::{CodecLm, Driver, DriverConfig, Knob, Progress, Rows, StageConfig};
+use candle_sampler::SamplerConfig;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// EnCodec at 24 kHz: 1024 codes per level, 8 levels, 75 codes per second.
+const CODES: usize = 1024;
+const VOCAB: usize = CODES + 1;
+const STOP: u32 = CODES as u32;
+const LEVELS: usize = 8;
+const CODES_PER_SECOND: usize = 75;
+/// Phonemes are the text's ASCII bytes; id 0 pads.
+const PHONEMES: usize = 128;
+/// Masked attention scores: finite, so that a fully padded query row is not NaN.
+const MASKED: f32 = -1e9;
+
+const DEFAULT_PROMPTS: [&str; 4] = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello world.",
+    "Sampling on the device keeps the host out of the loop.",
+    "Codec language models speak in codes.",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "VALL-E shaped AR + NAR generation with candle-sampler")]
+struct Args {
+    /// Prompt text (repeat for a batch); default: four built-in sentences.
+    #[arg(long)]
+    text: Vec<String>,
+    /// Repeat the prompts to make a larger batch of this many rows.
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// Model weights (safetensors); default: seeded random weights.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Write the (random) weights to this safetensors file.
+    #[arg(long)]
+    save_weights: Option<PathBuf>,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    weight_seed: u64,
+    /// The random model's AR bias for the stop token (higher: shorter rows).
+    #[arg(long, default_value_t = 2.0)]
+    stop_bias: f32,
+    /// Seed of the sampling.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The most audio a row may get, in seconds (75 codes per second).
+    #[arg(long, default_value_t = 3.0)]
+    max_seconds: f32,
+    /// AR temperature: one value, or one per row (comma separated).
+    #[arg(long, default_value = "1.0", value_delimiter = ',')]
+    temperature: Vec<f32>,
+    /// Read the "all rows stopped" flag every this many AR steps.
+    #[arg(long, default_value_t = 16)]
+    stop_check_interval: usize,
+    /// Output file.
+    #[arg(long, default_value = "vall_e_codes.npy")]
+    out: PathBuf,
+}
+
+fn open_device(d: DeviceArg) -> Result<Device> {
+    match d {
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda => {
+            if !cfg!(feature = "cuda") {
+                bail!("this example was built without CUDA: run `cargo run --release --features cuda --example vall_e -- --device cuda`");
+            }
+            Device::new_cuda(0).context("opening CUDA device 0")
+        }
+        DeviceArg::Metal => {
+            if !cfg!(feature = "metal") {
+                bail!("this example was built without Metal: run `cargo run --release --features metal --example vall_e -- --device metal`");
+            }
+            Device::new_metal(0).context("opening Metal device 0")
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model.
+
+#[derive(Clone, Copy, Debug)]
+struct ModelConfig {
+    dim: usize,
+    heads: usize,
+    ffn: usize,
+    ar_layers: usize,
+    nar_layers: usize,
+    max_positions: usize,
+}
+
+impl ModelConfig {
+    /// Small enough to run quickly on a laptop CPU.
+    fn tiny() -> Self {
+        Self {
+            dim: 128,
+            heads: 4,
+            ffn: 512,
+            ar_layers: 2,
+            nar_layers: 2,
+            max_positions: 2048,
+        }
+    }
+}
+
+struct Attention {
+    qkv: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(c: &ModelConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            qkv: linear(c.dim, 3 * c.dim, vb.pp("qkv"))?,
+            out: linear(c.dim, c.dim, vb.pp("out"))?,
+            heads: c.heads,
+        })
+    }
+
+    /// `x` `[B, S, d]`; `mask` additive, broadcastable to `[B, heads, S, S_total]`; with a
+    /// cache the keys and values of `x` are appended to it first.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, s, d) = x.dims3()?;
+        let head_dim = d / self.heads;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, s, 3, self.heads, head_dim))?
+            .permute((2, 0, 3, 1, 4))?;
+        let q = qkv.get(0)?.contiguous()?;
+        let (k, v) = (qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
+        let (k, v) = match cache {
+            Some(c) => c.append(&k, &v)?,
+            None => (k, v),
+        };
+        let scores =
+            (q.matmul(&k.t()?.contiguous()?)? / (head_dim as f64).sqrt())?.broadcast_add(mask)?;
+        let y = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v.contiguous()?)?;
+        self.out.forward(&y.transpose(1, 2)?.reshape((b, s, d))?)
+    }
+}
+
+/// A pre-norm transformer block.
+struct Block {
+    ln1: LayerNorm,
+    attn: Attention,
+    ln2: LayerNorm,
+    up: Linear,
+    down: Linear,
+}
+
+impl Block {
+    fn new(c: &ModelConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            ln1: layer_norm(c.dim, 1e-5, vb.pp("ln1"))?,
+            attn: Attention::new(c, vb.pp("attn"))?,
+            ln2: layer_norm(c.dim, 1e-5, vb.pp("ln2"))?,
+            up: linear(c.dim, c.ffn, vb.pp("up"))?,
+            down: linear(c.ffn, c.dim, vb.pp("down"))?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
+        let h = (x + self.attn.forward(&self.ln1.forward(x)?, mask, cache)?)?;
+        &h + self
+            .down
+            .forward(&self.up.forward(&self.ln2.forward(&h)?)?.gelu()?)?
+    }
+}
+
+struct Decoder {
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+}
+
+impl Decoder {
+    fn new(c: &ModelConfig, layers: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        let blocks = (0..layers)
+            .map(|i| Block::new(c, vb.pp(format!("blocks.{i}"))))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self {
+            blocks,
+            ln_f: layer_norm(c.dim, 1e-5, vb.pp("ln_f"))?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        mut caches: Option<&mut [KvCache]>,
+    ) -> candle_core::Result<Tensor> {
+        let mut x = x.clone();
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, mask, caches.as_deref_mut().map(|c| &mut c[i]))?;
+        }
+        self.ln_f.forward(&x)
+    }
+}
+
+struct VallE {
+    cfg: ModelConfig,
+    device: Device,
+    ar_phonemes: Embedding,
+    ar_codes: Embedding,
+    /// The start-of-audio token that follows the phonemes.
+    ar_start: Embedding,
+    ar_positions: Embedding,
+    ar: Decoder,
+    ar_head: Linear,
+    nar_phonemes: Embedding,
+    /// One code embedding per input level (0..LEVELS-1), summed.
+    nar_codes: Vec<Embedding>,
+    /// Which level is being predicted.
+    nar_target: Embedding,
+    nar_positions: Embedding,
+    nar: Decoder,
+    /// One head per predicted level (1..LEVELS).
+    nar_heads: Vec<Linear>,
+}
+
+impl VallE {
+    fn new(cfg: ModelConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let (d, ar, nar) = (cfg.dim, vb.pp("ar"), vb.pp("nar"));
+        Ok(Self {
+            cfg,
+            device: vb.device().clone(),
+            ar_phonemes: embedding(PHONEMES, d, ar.pp("phonemes"))?,
+            ar_codes: embedding(VOCAB, d, ar.pp("codes"))?,
+            ar_start: embedding(1, d, ar.pp("start"))?,
+            ar_positions: embedding(cfg.max_positions, d, ar.pp("positions"))?,
+            ar: Decoder::new(&cfg, cfg.ar_layers, ar.pp("decoder"))?,
+            ar_head: linear(d, VOCAB, ar.pp("head"))?,
+            nar_phonemes: embedding(PHONEMES, d, nar.pp("phonemes"))?,
+            nar_codes: (0..LEVELS - 1)
+                .map(|l| embedding(VOCAB, d, nar.pp(format!("codes.{l}"))))
+                .collect::<candle_core::Result<_>>()?,
+            nar_target: embedding(LEVELS, d, nar.pp("target"))?,
+            nar_positions: embedding(cfg.max_positions, d, nar.pp("positions"))?,
+            nar: Decoder::new(&cfg, cfg.nar_layers, nar.pp("decoder"))?,
+            nar_heads: (1..LEVELS)
+                .map(|l| linear(d, VOCAB, nar.pp(format!("heads.{l}"))))
+                .collect::<candle_core::Result<_>>()?,
+        })
+    }
+
+    /// The model with its conditioning for one batch of prompts.
+    fn batch(&self, prompts: &[String], max_steps: usize) -> Result<BatchedVallE<'_>> {
+        let phonemes: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|t| {
+                t.bytes()
+                    .map(|b| {
+                        if (1..PHONEMES as u8).contains(&b) {
+                            b as u32
+                        } else {
+                            b' ' as u32
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let width = phonemes.iter().map(Vec::len).max().unwrap_or(0);
+        if width + 1 + max_steps > self.cfg.max_positions {
+            bail!("a prompt of {width} phonemes plus {max_steps} codes exceeds the model's {} positions", self.cfg.max_positions);
+        }
+        let rows = prompts.len();
+        // Left-padded phonemes; positions count from each row's first real phoneme.
+        let (mut ids, mut pos, mut mask) = (Vec::new(), Vec::new(), Vec::new());
+        for p in &phonemes {
+            let pad = width - p.len();
+            ids.extend(std::iter::repeat_n(0, pad).chain(p.iter().copied()));
+            pos.extend((0..=width).map(|i| i.saturating_sub(pad) as u32));
+            mask.extend((0..=width).map(|i| if i < pad { MASKED } else { 0.0 }));
+        }
+        let dev = &self.device;
+        let cache_len = width + 1 + max_steps + 1;
+        Ok(BatchedVallE {
+            model: self,
+            text_lens: phonemes.iter().map(|p| p.len() as u32).collect(),
+            phonemes: Tensor::from_vec(ids, (rows, width), dev)?,
+            prefix_positions: Tensor::from_vec(pos, (rows, width + 1), dev)?,
+            prefix_mask: Tensor::from_vec(mask, (rows, width + 1), dev)?,
+            caches: (0..self.cfg.ar_layers)
+                .map(|_| KvCache::new(2, cache_len))
+                .collect(),
+            steps: 0,
+        })
+    }
+}
+
+/// The model and one batch's conditioning: what the driver drives.
+struct BatchedVallE<'m> {
+    model: &'m VallE,
+    text_lens: Vec<u32>,
+    /// `[B, P]` u32, left-padded with 0.
+    phonemes: Tensor,
+    /// `[B, P + 1]` u32 positions of the phonemes and the start token.
+    prefix_positions: Tensor,
+    /// `[B, P + 1]` f32: MASKED on padding.
+    prefix_mask: Tensor,
+    caches: Vec<KvCache>,
+    steps: usize,
+}
+
+impl BatchedVallE<'_> {
+    fn width(&self) -> usize {
+        self.prefix_mask.dim(1).unwrap_or(1) - 1
+    }
+}
+
+impl CodecLm for BatchedVallE<'_> {
+    fn device(&self) -> &Device {
+        &self.model.device
+    }
+
+    fn vocab_size(&self) -> usize {
+        VOCAB
+    }
+
+    fn levels(&self) -> usize {
+        LEVELS
+    }
+
+    fn ar_step(&mut self, codes: &Tensor, _lens: &Tensor) -> candle_core::Result<Tensor> {
+        let m = self.model;
+        let (b, t) = codes.dims2()?;
+        if t != self.steps {
+            candle_core::bail!(
+                "AR step {t} after {} steps: the KV cache is out of step",
+                self.steps
+            );
+        }
+        let dev = &m.device;
+        let (x, mask) = if t == 0 {
+            // The phonemes and the start token, causally masked, fill the cache.
+            let s = self.width() + 1;
+            let start = m
+                .ar_start
+                .forward(&Tensor::zeros((b, 1), DType::U32, dev)?)?;
+            let x = Tensor::cat(&[m.ar_phonemes.forward(&self.phonemes)?, start], 1)?;
+            let x = (x + m.ar_positions.forward(&self.prefix_positions)?)?;
+            let causal: Vec<f32> = (0..s * s)
+                .map(|i| if i % s > i / s { MASKED } else { 0.0 })
+                .collect();
+            let causal = Tensor::from_vec(causal, (1, 1, s, s), dev)?;
+            (
+                x,
+                causal.broadcast_add(&self.prefix_mask.reshape((b, 1, 1, s))?)?,
+            )
+        } else {
+            // The newest code at position text_len + t.
+            let last = codes.i((.., t - 1))?.contiguous()?.unsqueeze(1)?;
+            let pos: Vec<u32> = self.text_lens.iter().map(|&l| l + t as u32).collect();
+            let x = (m.ar_codes.forward(&last)?
+                + m.ar_positions
+                    .forward(&Tensor::from_vec(pos, (b, 1), dev)?)?)?;
+            let keys = Tensor::cat(
+                &[&self.prefix_mask, &Tensor::zeros((b, t), DType::F32, dev)?],
+                1,
+            )?;
+            (x, keys.unsqueeze(1)?.unsqueeze(1)?)
+        };
+        let h = m.ar.forward(&x, &mask, Some(&mut self.caches))?;
+        self.steps += 1;
+        let last = h.i((.., h.dim(1)? - 1))?;
+        m.ar_head.forward(&last)
+    }
+
+    fn nar_level(
+        &mut self,
+        codes: &Tensor,
+        lens: &Tensor,
+        level: usize,
+    ) -> candle_core::Result<Tensor> {
+        let m = self.model;
+        let (b, t, have) = codes.dims3()?;
+        if have != level || level == 0 || level >= LEVELS {
+            candle_core::bail!("NAR level {level} with {have} input levels");
+        }
+        let dev = &m.device;
+        let width = self.width();
+        let mut audio = m
+            .nar_target
+            .forward(&Tensor::full(level as u32, (b, t), dev)?)?;
+        for (l, emb) in m.nar_codes.iter().enumerate().take(level) {
+            audio = (audio + emb.forward(&codes.i((.., .., l))?.contiguous()?)?)?;
+        }
+        let audio_pos: Vec<u32> = self
+            .text_lens
+            .iter()
+            .flat_map(|&p| (0..t as u32).map(move |j| p + 1 + j))
+            .collect();
+        let positions = Tensor::cat(
+            &[
+                &self.prefix_positions.narrow(1, 0, width)?,
+                &Tensor::from_vec(audio_pos, (b, t), dev)?,
+            ],
+            1,
+        )?;
+        let x = Tensor::cat(&[m.nar_phonemes.forward(&self.phonemes)?, audio], 1)?;
+        let x = (x + m.nar_positions.forward(&positions)?)?;
+        // Bidirectional: every real phoneme and every code position below the row's length.
+        let past_end = Tensor::arange(0u32, t as u32, dev)?
+            .unsqueeze(0)?
+            .broadcast_ge(&lens.unsqueeze(1)?)?;
+        let audio_mask = past_end.where_cond(
+            &Tensor::full(MASKED, (b, t), dev)?,
+            &Tensor::zeros((b, t), DType::F32, dev)?,
+        )?;
+        let mask = Tensor::cat(&[&self.prefix_mask.narrow(1, 0, width)?, &audio_mask], 1)?;
+        let h = m.nar.forward(&x, &mask.unsqueeze(1)?.unsqueeze(1)?, None)?;
+        m.nar_heads[level - 1].forward(&h.narrow(1, width, t)?)
+    }
+}
+
+/// Seeded random weights: every matrix uniform with standard deviation 1/sqrt(fan in), biases
+/// zero, layer norms at their identity init. The AR head's stop-token bias is raised so that
+/// rows stop after a second or two, as a trained model would.
+fn seeded_weights(varmap: &VarMap, seed: u64, stop_bias: f32, device: &Device) -> Result<()> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("weight map lock poisoned"))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        if name.split('.').any(|part| part.starts_with("ln")) {
+            continue;
+        }
+        let var = &data[name];
+        let dims = var.dims().to_vec();
+        let n: usize = dims.iter().product();
+        let values: Vec<f32> = if dims.len() >= 2 {
+            let bound = (3.0 / dims[dims.len() - 1] as f64).sqrt() as f32;
+            let mut rng = SplitMix64(seed ^ fnv1a(name));
+            (0..n)
+                .map(|_| (rng.next_f32() * 2.0 - 1.0) * bound)
+                .collect()
+        } else {
+            let mut zeros = vec![0f32; n];
+            if name == "ar.head.bias" {
+                zeros[STOP as usize] = stop_bias;
+            }
+            zeros
+        };
+        var.set(&Tensor::from_vec(values, dims, device)?)?;
+    }
+    Ok(())
+}
+
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_f32(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let device = open_device(args.device)?;
+    let mut prompts: Vec<String> = if args.text.is_empty() {
+        DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.text.clone()
+    };
+    if let Some(n) = args.batch {
+        if n == 0 {
+            bail!("--batch must be at least 1");
+        }
+        prompts = prompts.iter().cycle().take(n).cloned().collect();
+    }
+    let rows = prompts.len();
+    let max_steps = (args.max_seconds * CODES_PER_SECOND as f32).round() as usize;
+    if max_steps == 0 {
+        bail!("--max-seconds {} allows no code", args.max_seconds);
+    }
+
+    let start = Instant::now();
+    let cfg = ModelConfig::tiny();
+    let (model, varmap) = match &args.weights {
+        Some(path) => {
+            // SAFETY: the file is memory-mapped read-only and must not change while we run.
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &device) }
+                .with_context(|| format!("opening weights {}", path.display()))?;
+            (
+                VallE::new(cfg, vb)
+                    .with_context(|| format!("loading weights from {}", path.display()))?,
+                None,
+            )
+        }
+        None => {
+            let varmap = VarMap::new();
+            let model = VallE::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+            seeded_weights(&varmap, args.weight_seed, args.stop_bias, &device)?;
+            (model, Some(varmap))
+        }
+    };
+    if let (Some(path), Some(varmap)) = (&args.save_weights, &varmap) {
+        varmap
+            .save(path)
+            .with_context(|| format!("writing weights to {}", path.display()))?;
+        println!("wrote the weights to {}", path.display());
+    }
+    println!(
+        "model: dim {}, {} AR + {} NAR layers, {} codes + stop, {} levels, on {:?} (built in {:.2} s)",
+        cfg.dim,
+        cfg.ar_layers,
+        cfg.nar_layers,
+        CODES,
+        LEVELS,
+        args.device,
+        start.elapsed().as_secs_f64()
+    );
+
+    // Sampling: the VALL-E defaults, an AR temperature per row, and each row's own limit: about
+    // 12 codes per phoneme, at most --max-seconds.
+    let temperatures = match args.temperature.len() {
+        1 => vec![args.temperature[0]; rows],
+        n if n == rows => args.temperature.clone(),
+        n => bail!("--temperature has {n} values for {rows} rows (give one, or one per row)"),
+    };
+    let ar =
+        StageConfig::new(SamplerConfig::vall_e_ar()).per_sequence(Knob::Temperature, temperatures);
+    let nar = StageConfig::new(SamplerConfig::vall_e_nar());
+    let config = DriverConfig::new(ar, nar)
+        .with_max_steps(max_steps)
+        .with_stop_check_interval(args.stop_check_interval)
+        .with_stop_token(Some(STOP));
+    let row_limits: Vec<usize> = prompts
+        .iter()
+        .map(|p| (p.len() * 12).clamp(1, max_steps))
+        .collect();
+    let batch_rows = Rows::first(rows).with_max_steps(row_limits);
+
+    let mut batch = model.batch(&prompts, max_steps)?;
+    let ar_bar = ProgressBar::new(max_steps as u64);
+    ar_bar.set_style(ProgressStyle::with_template(
+        "AR  {bar:40} {pos}/{len} steps {msg}",
+    )?);
+    // Shown once the AR stage is done.
+    let nar_bar =
+        ProgressBar::with_draw_target(Some((LEVELS - 1) as u64), ProgressDrawTarget::hidden())
+            .with_style(ProgressStyle::with_template(
+                "NAR {bar:40} {pos}/{len} levels",
+            )?);
+    let out =
+        Driver::new(config).generate_with(&mut batch, &batch_rows, args.seed, |p| match p {
+            Progress::ArStep { step, limit } => {
+                ar_bar.set_length(limit as u64);
+                ar_bar.set_position(step as u64 + 1);
+            }
+            Progress::ArRunning { running, .. } => {
+                ar_bar.set_message(format!("({running} of {rows} rows running)"))
+            }
+            Progress::ArDone { steps, max_len } => {
+                ar_bar.finish_with_message(format!(
+                    "done after {steps} steps, longest row {max_len} codes"
+                ));
+                nar_bar.set_draw_target(ProgressDrawTarget::stderr());
+            }
+            Progress::NarLevel { level, .. } => nar_bar.set_position(level as u64),
+        })?;
+    nar_bar.finish();
+
+    let codes = out.lens.iter().sum::<usize>();
+    let audio_seconds = codes as f64 / CODES_PER_SECOND as f64;
+    let (ar_s, nar_s) = (out.ar_time.as_secs_f64(), out.nar_time.as_secs_f64());
+    println!("rows: {rows}, codes per row: {:?}", out.lens);
+    println!(
+        "AR : {:>4} steps in {ar_s:.3} s, {:.0} codes/s (first level)",
+        out.ar_steps,
+        codes as f64 / ar_s
+    );
+    println!(
+        "NAR: {:>4} levels in {nar_s:.3} s, {:.0} codes/s",
+        LEVELS - 1,
+        (codes * (LEVELS - 1)) as f64 / nar_s
+    );
+    println!(
+        "all: {:.3} s for {:.1} s of audio ({:.1}x real time), {:.0} codes/s",
+        ar_s + nar_s,
+        audio_seconds,
+        audio_seconds / (ar_s + nar_s),
+        out.codes_per_second()
+    );
+    out.padded_i64(-1)?
+        .write_npy(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "wrote {} ({:?} int64, -1 past each row's end)",
+        args.out.display(),
+        out.codes.dims()
+    );
+    Ok(())
+}
