@@ -29,7 +29,7 @@ fn devices() -> Vec<(&'static str, Device)> {
 }
 
 fn processors(w: &Workload) -> Vec<Box<dyn LogitsProcessor>> {
-    vec![
+    let all: Vec<Box<dyn LogitsProcessor>> = vec![
         Box::new(BanTokens::stop_token(None)),
         Box::new(RepetitionPenalty::new(1.5, 0.2, 75.0).unwrap()),
         Box::new(LengthPenalty::new(0.5, None).unwrap()),
@@ -39,10 +39,10 @@ fn processors(w: &Workload) -> Vec<Box<dyn LogitsProcessor>> {
         Box::new(Temperature::new(0.8).unwrap()),
         Box::new(DynamicTemperature::new(1.5, 0.5).unwrap()),
         Box::new(TopNSigma::new(1.0).unwrap()),
-    ]
-    .into_iter()
-    .filter(|p| w.mode == candle_sampler::Mode::Ar || p.name() != "length_penalty")
-    .collect()
+    ];
+    all.into_iter()
+        .filter(|p| w.mode == candle_sampler::Mode::Ar || p.name() != "length_penalty")
+        .collect()
 }
 
 fn each_processor(c: &mut Criterion) {

@@ -37,14 +37,10 @@ use candle_core::{
 };
 
 mod cpu;
-// The GPU backends come from their own branch. Until their files exist, `rustfmt::skip` keeps
-// `cargo fmt` from failing on the missing modules; remove it once cuda.rs / metal.rs are merged
-// so that they are formatted too.
 #[cfg(feature = "cuda")]
-#[rustfmt::skip]
 mod cuda;
+mod gpu;
 #[cfg(feature = "metal")]
-#[rustfmt::skip]
 mod metal;
 mod philox;
 
