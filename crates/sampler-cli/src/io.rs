@@ -13,6 +13,11 @@ pub struct Batch {
     /// `[rows]` (ar) or `[batch, T]` (nar): the shape of the token output.
     pub token_shape: Vec<usize>,
     pub history: Option<History>,
+    /// `--null-logits`: the unconditional logits for classifier-free guidance, `[rows, vocab]`.
+    pub null_logits: Option<Tensor>,
+    /// `--attentions`: attention scores for entropix, `[layers, heads, q, k]` or
+    /// `[rows, layers, heads, q, k]` (nar: rows = batch * T).
+    pub attentions: Option<Tensor>,
 }
 
 pub fn read_config(path: &Path) -> Result<SamplerConfig> {
@@ -58,6 +63,8 @@ pub fn read_batch(
         logits,
         token_shape,
         history,
+        null_logits: None,
+        attentions: None,
     })
 }
 
@@ -107,6 +114,46 @@ fn read_history(
         Mode::Ar => History::from_padded_rows(&rows, device)?,
         Mode::Nar => History::nar_from_previous_level(&h.to_dtype(DType::U32)?.to_device(device)?)?,
     })
+}
+
+/// Reads `--null-logits`: float, the same shape as the logits file.
+pub fn read_null_logits(path: &Path, batch: &Batch, device: &Device) -> Result<Tensor> {
+    let raw = read_npy(path, "null logits")?;
+    if !raw.dtype().is_float() {
+        bail!(
+            "null logits must be float32 (or another float type), got {:?}",
+            raw.dtype()
+        );
+    }
+    let (rows, vocab) = batch.logits.dims2()?;
+    let mut want = batch.token_shape.clone();
+    want.push(vocab);
+    if raw.dims() != want.as_slice() {
+        bail!(
+            "null logits must have the logits' shape {want:?}, got {:?}",
+            raw.dims()
+        );
+    }
+    Ok(raw
+        .to_dtype(DType::F32)?
+        .reshape((rows, vocab))?
+        .to_device(device)?)
+}
+
+/// Reads `--attentions`: float scores of rank 4 (shared) or 5 (per row); the sampler checks
+/// the rest.
+pub fn read_attentions(path: &Path, device: &Device) -> Result<Tensor> {
+    let raw = read_npy(path, "attentions")?;
+    if !raw.dtype().is_float() {
+        bail!(
+            "attentions must be float32 (or another float type), got {:?}",
+            raw.dtype()
+        );
+    }
+    if !matches!(raw.rank(), 4 | 5) {
+        bail!("attentions must be [layers, heads, q, k] or [rows, layers, heads, q, k], got shape {:?}", raw.dims());
+    }
+    Ok(raw.to_dtype(DType::F32)?.to_device(device)?)
 }
 
 /// Writes `t` as npy to a temporary file beside `out`, then renames it: a reader never sees a

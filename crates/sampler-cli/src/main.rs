@@ -32,7 +32,8 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Draws one token per row and writes them as int64.
+    /// Draws one token per row and writes them as int64; with `beam_width` > 1 in the config,
+    /// writes the best `[beam_width, 2]` (row, token) pairs instead.
     Sample {
         #[command(flatten)]
         input: Input,
@@ -85,6 +86,12 @@ struct Input {
     /// Fused kernels where the chain and device allow them, or the plain tensor path.
     #[arg(long, value_enum, default_value_t = PathArg::Fused)]
     path: PathArg,
+    /// Unconditional logits (the logits' shape) for classifier-free guidance (cfg_strength).
+    #[arg(long)]
+    null_logits: Option<PathBuf>,
+    /// Attention scores [layers, heads, q, k] or [rows, layers, heads, q, k] for entropix.
+    #[arg(long)]
+    attentions: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -134,6 +141,7 @@ fn path_of(p: PathArg) -> ExecPath {
 struct Prepared {
     sampler: Sampler,
     batch: io::Batch,
+    beam_width: usize,
 }
 
 fn prepare(
@@ -151,28 +159,46 @@ fn prepare(
     let sampler = SamplerBuilder::from_config(&cfg, mode_of(mode))
         .path(path_of(path))
         .build()?;
-    Ok(Prepared { sampler, batch })
+    Ok(Prepared {
+        sampler,
+        batch,
+        beam_width: cfg.beam_width as usize,
+    })
 }
 
 impl Input {
     fn prepare(&self) -> Result<Prepared> {
-        prepare(
+        let mut p = prepare(
             &self.config,
             &self.logits,
             self.history.as_deref(),
             self.mode,
             self.device,
             self.path,
-        )
+        )?;
+        let device = p.batch.logits.device().clone();
+        if let Some(f) = &self.null_logits {
+            p.batch.null_logits = Some(io::read_null_logits(f, &p.batch, &device)?);
+        }
+        if let Some(f) = &self.attentions {
+            p.batch.attentions = Some(io::read_attentions(f, &device)?);
+        }
+        Ok(p)
     }
 }
 
 fn context(batch: &io::Batch, seed: u64) -> SamplingContext {
-    let ctx = SamplingContext::new(seed);
-    match &batch.history {
-        Some(h) => ctx.with_history(h.clone()),
-        None => ctx,
+    let mut ctx = SamplingContext::new(seed);
+    if let Some(h) = &batch.history {
+        ctx = ctx.with_history(h.clone());
     }
+    if let Some(n) = &batch.null_logits {
+        ctx = ctx.with_null_logits(n.clone());
+    }
+    if let Some(a) = &batch.attentions {
+        ctx = ctx.with_attentions(a.clone());
+    }
+    ctx
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
@@ -251,6 +277,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Sample { input, seed, out } => {
             let mut p = input.prepare()?;
+            if p.beam_width > 1 {
+                // Beam candidates over the processed logits: [beam_width, 2] (row, token).
+                let y = p.sampler.apply(&p.batch.logits, &context(&p.batch, seed))?;
+                let beams = sampler_core::beam_candidates(&y, None, p.beam_width)?;
+                return io::write_npy_atomic(&beams.pairs()?.to_device(&Device::Cpu)?, &out);
+            }
             let d = p
                 .sampler
                 .sample(&p.batch.logits, &context(&p.batch, seed))?;

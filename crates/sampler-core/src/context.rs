@@ -171,6 +171,10 @@ pub struct SamplingContext {
     row_ids: Option<Vec<u32>>,
     history: Option<History>,
     validate: bool,
+    /// Classifier-free guidance: the unconditional logits of this step (`[rows, vocab]`).
+    null_logits: Option<Tensor>,
+    /// Entropix: attention scores `[layers, heads, q, k]` or `[rows, layers, heads, q, k]`.
+    attentions: Option<Tensor>,
 }
 
 impl Default for SamplingContext {
@@ -188,6 +192,8 @@ impl SamplingContext {
             row_ids: None,
             history: None,
             validate: true,
+            null_logits: None,
+            attentions: None,
         }
     }
 
@@ -215,6 +221,28 @@ impl SamplingContext {
     pub fn with_validation(mut self, on: bool) -> Self {
         self.validate = on;
         self
+    }
+
+    /// Sets the unconditional ("null prompt") logits of this step, `[rows, vocab]`, for
+    /// classifier-free guidance ([`crate::processors::ClassifierFreeGuidance`]).
+    pub fn with_null_logits(mut self, null_logits: Tensor) -> Self {
+        self.null_logits = Some(null_logits);
+        self
+    }
+
+    /// Sets this step's attention scores (pre-softmax), `[layers, heads, q, k]` shared by every
+    /// row or `[rows, layers, heads, q, k]`, for entropix ([`crate::processors::Entropix`]).
+    pub fn with_attentions(mut self, attentions: Tensor) -> Self {
+        self.attentions = Some(attentions);
+        self
+    }
+
+    pub fn null_logits(&self) -> Option<&Tensor> {
+        self.null_logits.as_ref()
+    }
+
+    pub fn attentions(&self) -> Option<&Tensor> {
+        self.attentions.as_ref()
     }
 
     pub fn seed(&self) -> u64 {

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod beam;
 pub mod config;
 pub mod context;
 pub mod draw;
@@ -28,13 +29,15 @@ pub mod philox;
 pub mod processor;
 pub mod processors;
 pub mod sampler;
+pub(crate) mod sort_ops;
 pub(crate) mod tensor_ops;
 pub(crate) mod vocab_cache;
 
 #[cfg(test)]
 pub(crate) mod test_util;
 
-pub use config::{Mode, SamplerConfig};
+pub use beam::{beam_candidates, BeamCandidates};
+pub use config::{Mode, RepetitionPenaltyMode, SamplerConfig};
 pub use context::{History, SamplingContext};
 pub use draw::{draw, DrawRule, Drawn};
 pub use error::{Result, SamplerError};

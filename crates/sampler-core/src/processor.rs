@@ -40,6 +40,23 @@ pub trait LogitsProcessor: Send + Sync + std::fmt::Debug {
     /// Forgets all state, as for a new sequence.
     fn reset(&mut self) {}
 
+    /// Forgets the state of the rows whose entry of the `[rows]` u8 `mask` is 1 (a row slot that
+    /// starts a new sequence); the other rows keep theirs. Stateless processors ignore it.
+    fn reset_rows(&mut self, _mask: &Tensor) -> Result<()> {
+        Ok(())
+    }
+
+    /// The processor as `Any`, for the processors that expose more than the trait (state,
+    /// metrics); see [`Chain::find`]. `None` for the others.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+
+    /// Mutable [`LogitsProcessor::as_any`].
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
+
     /// A boxed copy, state included.
     fn clone_box(&self) -> Box<dyn LogitsProcessor>;
 }
@@ -96,6 +113,30 @@ impl Chain {
     pub fn len(&self) -> usize {
         self.steps.len()
     }
+
+    /// The first processor of type `T` (nested chains included), e.g. the
+    /// [`crate::processors::Entropix`] step to read its metrics.
+    pub fn find<T: 'static>(&self) -> Option<&T> {
+        self.steps.iter().find_map(|s| {
+            let any = s.as_any()?;
+            any.downcast_ref::<T>()
+                .or_else(|| any.downcast_ref::<Chain>()?.find::<T>())
+        })
+    }
+
+    /// Mutable [`Chain::find`], e.g. the [`crate::processors::Mirostat`] step to set its state.
+    pub fn find_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        for s in self.steps.iter_mut() {
+            let Some(any) = s.as_any_mut() else { continue };
+            if any.is::<T>() {
+                return any.downcast_mut::<T>();
+            }
+            if let Some(found) = any.downcast_mut::<Chain>().and_then(|c| c.find_mut::<T>()) {
+                return Some(found);
+            }
+        }
+        None
+    }
 }
 
 impl LogitsProcessor for Chain {
@@ -117,6 +158,18 @@ impl LogitsProcessor for Chain {
 
     fn reset(&mut self) {
         self.steps.iter_mut().for_each(|s| s.reset());
+    }
+
+    fn reset_rows(&mut self, mask: &Tensor) -> Result<()> {
+        self.steps.iter_mut().try_for_each(|s| s.reset_rows(mask))
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 
     fn clone_box(&self) -> Box<dyn LogitsProcessor> {

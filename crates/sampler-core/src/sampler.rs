@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Tensor, D};
 
-use crate::config::{Mode, SamplerConfig};
+use crate::config::{Mode, RepetitionPenaltyMode, SamplerConfig};
 use crate::context::SamplingContext;
 use crate::draw::{draw, DrawRule, Drawn};
 use crate::error::{Result, SamplerError};
@@ -12,11 +12,13 @@ use crate::processor::{Chain, LogitsProcessor};
 use crate::processors::fused::{fuse, BuilderParams, ExecPath, FilterParams, PenaltyParams};
 use crate::processors::*;
 
-/// Builds a chain in the default order:
-/// [NAR: ban stop token] -> bans / logit bias -> repetition penalty -> [AR: length penalty] ->
-/// min-p -> top-k -> top-p -> dynamic temperature or temperature -> top-n-sigma -> draw.
+/// Builds a chain in the default order (docs/samplers.md):
+/// [CFG] -> [NAR: ban stop token] -> bans -> logit bias -> repetition penalty (divide or
+/// sign-aware) -> frequency/presence penalty -> [AR: length penalty] -> min-p -> top-k -> top-p
+/// -> typical-p -> XTC -> temperature (plain, sigmoid dynamic, or entropy dynamic) ->
+/// top-n-sigma -> DRY -> [mirostat] -> [entropix] -> draw.
 /// Every parameter takes a scalar or a `[rows]` tensor; a processor whose scalar value is its
-/// "off" value is left out.
+/// "off" value is left out, so the defaults build the reference VALL-E chain unchanged.
 #[derive(Clone, Debug)]
 pub struct SamplerBuilder {
     mode: Mode,
@@ -34,7 +36,71 @@ pub struct SamplerBuilder {
     top_no: RowParam,
     ban_tokens: Vec<u32>,
     logit_bias: Vec<(u32, f32)>,
+    extra: Extras,
     path: ExecPath,
+}
+
+/// The builder's settings for the samplers beyond the reference pipeline (issue 3).
+#[derive(Clone, Debug)]
+struct Extras {
+    repetition_penalty_mode: RepetitionPenaltyMode,
+    frequency_penalty: RowParam,
+    presence_penalty: RowParam,
+    typical_p: RowParam,
+    xtc_probability: RowParam,
+    xtc_threshold: RowParam,
+    dynatemp_range: RowParam,
+    dynatemp_exponent: RowParam,
+    dry_multiplier: RowParam,
+    dry_base: RowParam,
+    dry_allowed_length: RowParam,
+    dry_penalty_last_n: RowParam,
+    dry_sequence_breakers: Vec<u32>,
+    mirostat: Option<MirostatVersion>,
+    mirostat_tau: RowParam,
+    mirostat_eta: RowParam,
+    entropix: Option<EntropixConfig>,
+    cfg_strength: RowParam,
+    cfg_rescale: RowParam,
+}
+
+impl Extras {
+    fn from_config(c: &SamplerConfig) -> Self {
+        Self {
+            repetition_penalty_mode: c.repetition_penalty_mode,
+            frequency_penalty: c.frequency_penalty.into(),
+            presence_penalty: c.presence_penalty.into(),
+            typical_p: c.typical_p.into(),
+            xtc_probability: c.xtc_probability.into(),
+            xtc_threshold: c.xtc_threshold.into(),
+            dynatemp_range: c.dynatemp_range.into(),
+            dynatemp_exponent: c.dynatemp_exponent.into(),
+            dry_multiplier: c.dry_multiplier.into(),
+            dry_base: c.dry_base.into(),
+            dry_allowed_length: (c.dry_allowed_length as f32).into(),
+            dry_penalty_last_n: (c.dry_penalty_last_n as f32).into(),
+            dry_sequence_breakers: c.dry_sequence_breakers.clone(),
+            mirostat: match c.mirostat {
+                1 => Some(MirostatVersion::V1),
+                2 => Some(MirostatVersion::V2),
+                _ => None,
+            },
+            mirostat_tau: c.mirostat_tau.into(),
+            mirostat_eta: c.mirostat_eta.into(),
+            entropix: c.entropix.then(EntropixConfig::default),
+            cfg_strength: c.cfg_strength.into(),
+            cfg_rescale: c.cfg_rescale.into(),
+        }
+    }
+}
+
+macro_rules! extra_setter {
+    ($name:ident) => {
+        pub fn $name(mut self, v: impl Into<RowParam>) -> Self {
+            self.extra.$name = v.into();
+            self
+        }
+    };
 }
 
 fn is_off(p: &RowParam, off: impl Fn(f32) -> bool) -> bool {
@@ -72,8 +138,9 @@ impl SamplerBuilder {
             length_penalty: c.length_penalty.into(),
             stop_token: c.stop_token,
             top_no: c.top_no.into(),
-            ban_tokens: Vec::new(),
-            logit_bias: Vec::new(),
+            ban_tokens: c.ban_tokens.clone(),
+            logit_bias: c.logit_bias.iter().map(|(&id, &b)| (id, b)).collect(),
+            extra: Extras::from_config(c),
             path: ExecPath::default(),
         }
     }
@@ -102,6 +169,44 @@ impl SamplerBuilder {
 
     pub fn logit_bias(mut self, bias: Vec<(u32, f32)>) -> Self {
         self.logit_bias = bias;
+        self
+    }
+
+    extra_setter!(frequency_penalty);
+    extra_setter!(presence_penalty);
+    extra_setter!(typical_p);
+    extra_setter!(xtc_probability);
+    extra_setter!(xtc_threshold);
+    extra_setter!(dynatemp_range);
+    extra_setter!(dynatemp_exponent);
+    extra_setter!(dry_multiplier);
+    extra_setter!(dry_base);
+    extra_setter!(dry_allowed_length);
+    extra_setter!(dry_penalty_last_n);
+    extra_setter!(mirostat_tau);
+    extra_setter!(mirostat_eta);
+    extra_setter!(cfg_strength);
+    extra_setter!(cfg_rescale);
+
+    pub fn repetition_penalty_mode(mut self, mode: RepetitionPenaltyMode) -> Self {
+        self.extra.repetition_penalty_mode = mode;
+        self
+    }
+
+    pub fn dry_sequence_breakers(mut self, ids: Vec<u32>) -> Self {
+        self.extra.dry_sequence_breakers = ids;
+        self
+    }
+
+    /// Mirostat v1 or v2 as the last filter; `None` is off.
+    pub fn mirostat(mut self, version: Option<MirostatVersion>) -> Self {
+        self.extra.mirostat = version;
+        self
+    }
+
+    /// Entropix with these thresholds as the last step; `None` is off.
+    pub fn entropix(mut self, config: Option<EntropixConfig>) -> Self {
+        self.extra.entropix = config;
         self
     }
 
@@ -137,7 +242,14 @@ impl SamplerBuilder {
 
     /// The processors in the default order.
     pub fn build_chain(&self) -> Result<Chain> {
+        let x = &self.extra;
         let mut c = Chain::new();
+        // Every processor is constructed (which validates its parameters) and kept only when
+        // some row needs it.
+        let cfg = ClassifierFreeGuidance::new(x.cfg_strength.clone(), x.cfg_rescale.clone())?;
+        if !is_off(&x.cfg_strength, |v| v == 1.0) {
+            c.push(cfg);
+        }
         if self.mode == Mode::Nar {
             c.push(BanTokens::stop_token(self.stop_token));
         }
@@ -147,9 +259,8 @@ impl SamplerBuilder {
         if !self.logit_bias.is_empty() {
             c.push(LogitBias::new(self.logit_bias.clone()));
         }
-        // Every processor is constructed (which validates its parameters) and kept only when
-        // some row needs it.
-        let penalty = RepetitionPenalty::new(
+        let penalty = RepetitionPenalty::with_mode(
+            x.repetition_penalty_mode,
             self.repetition_penalty.clone(),
             self.repetition_penalty_decay.clone(),
             self.repetition_penalty_window.clone(),
@@ -158,6 +269,16 @@ impl SamplerBuilder {
             && is_off(&self.repetition_penalty_decay, |v| v == 0.0))
         {
             c.push(penalty);
+        }
+        let frequency = FrequencyPresencePenalty::new(
+            x.frequency_penalty.clone(),
+            x.presence_penalty.clone(),
+            self.repetition_penalty_window.clone(),
+        )?;
+        if !(is_off(&x.frequency_penalty, |v| v == 0.0)
+            && is_off(&x.presence_penalty, |v| v == 0.0))
+        {
+            c.push(frequency);
         }
         let length = LengthPenalty::new(self.length_penalty.clone(), self.stop_token)?;
         if self.mode == Mode::Ar && !is_off(&self.length_penalty, |v| v == 0.0) {
@@ -175,9 +296,27 @@ impl SamplerBuilder {
         if !is_off(&self.top_p, |v| v >= 1.0) {
             c.push(top_p);
         }
+        let typical = TypicalP::new(x.typical_p.clone())?;
+        if !is_off(&x.typical_p, |v| v >= 1.0) {
+            c.push(typical);
+        }
+        let xtc = Xtc::new(x.xtc_probability.clone(), x.xtc_threshold.clone())?;
+        if !is_off(&x.xtc_probability, |v| v <= 0.0) {
+            c.push(xtc);
+        }
         let dynamic =
             DynamicTemperature::new(self.temperature.clone(), self.min_temperature.clone())?;
+        let entropy = EntropyTemperature::new(
+            self.temperature.clone(),
+            x.dynatemp_range.clone(),
+            x.dynatemp_exponent.clone(),
+        )?;
+        // The entropy form (dynatemp_range > 0) replaces the temperature step.
+        let entropy_form = !is_off(&x.dynatemp_range, |v| v <= 0.0);
         match (self.temperature.scalar(), self.min_temperature.scalar()) {
+            _ if entropy_form => {
+                c.push(entropy);
+            }
             (Some(t), Some(tm)) if !DynamicTemperature::is_dynamic(t, tm) => {
                 if t > 0.0 && t != 1.0 {
                     c.push(Temperature::new(t)?);
@@ -190,6 +329,24 @@ impl SamplerBuilder {
         let sigma = TopNSigma::new(self.top_no.clone())?;
         if !is_off(&self.top_no, |v| v <= 0.0) {
             c.push(sigma);
+        }
+        let dry = Dry::new(
+            x.dry_multiplier.clone(),
+            x.dry_base.clone(),
+            x.dry_allowed_length.clone(),
+            x.dry_penalty_last_n.clone(),
+            x.dry_sequence_breakers.clone(),
+        )?;
+        if !is_off(&x.dry_multiplier, |v| v == 0.0) {
+            c.push(dry);
+        }
+        let version = x.mirostat.unwrap_or(MirostatVersion::V2);
+        let mirostat = Mirostat::new(version, x.mirostat_tau.clone(), x.mirostat_eta.clone())?;
+        if x.mirostat.is_some() {
+            c.push(mirostat);
+        }
+        if let Some(cfg) = &x.entropix {
+            c.push(Entropix::new(cfg.clone())?);
         }
         match self.path {
             ExecPath::Plain => Ok(c),
@@ -226,6 +383,11 @@ impl Sampler {
 
     pub fn chain(&self) -> &Chain {
         &self.chain
+    }
+
+    /// The chain, to reach a stateful processor (e.g. `find_mut::<Mirostat>()`).
+    pub fn chain_mut(&mut self) -> &mut Chain {
+        &mut self.chain
     }
 
     pub fn rule(&self) -> &DrawRule {
@@ -266,6 +428,11 @@ impl Sampler {
     /// Forgets processor state.
     pub fn reset(&mut self) {
         self.chain.reset();
+    }
+
+    /// Forgets the processor state of the rows whose `[rows]` u8 `mask` entry is 1.
+    pub fn reset_rows(&mut self, mask: &Tensor) -> Result<()> {
+        self.chain.reset_rows(mask)
     }
 }
 

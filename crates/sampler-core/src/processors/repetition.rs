@@ -1,18 +1,25 @@
 //! Repetition penalty with distance decay and a window, in the reference VALL-E "divide" form
-//! (SPEC §4).
+//! (SPEC §4), and the HF/CTRL "sign-aware" form.
 //!
-//! For a row with history `h[0..H)` and every position i at distance `D = H - i` (1 = most
-//! recent) with `window == 0 || D < window`: `logit[h[i]] /= penalty * D^decay`, once per
-//! occurrence and whatever the logit's sign. The default window of 75 is one second of EnCodec
-//! audio. In NAR mode the history of row j is the previous level's codes before j (see
-//! [`crate::History::nar_from_previous_level`]), so D = j - i.
+//! Divide (the default): for a row with history `h[0..H)` and every position i at distance
+//! `D = H - i` (1 = most recent) with `window == 0 || D < window`: `logit[h[i]] /= penalty *
+//! D^decay`, once per occurrence and whatever the logit's sign. The default window of 75 is one
+//! second of EnCodec audio. In NAR mode the history of row j is the previous level's codes
+//! before j (see [`crate::History::nar_from_previous_level`]), so D = j - i.
+//!
+//! Sign-aware (Keskar et al. 2019, CTRL; the HF `RepetitionPenaltyLogitsProcessor` and llama.cpp
+//! `penalties`): every distinct token of the same window, once however often it occurs, gets
+//! `logit / penalty` when the logit is positive and `logit * penalty` when it is negative, so a
+//! penalty > 1 always lowers its probability. It takes no decay.
 //!
 //! Implementation: the divisors multiply, so their logarithms add: one scatter-add of
 //! `ln(penalty) + decay * ln(D)` per history entry into a `[rows, vocab]` buffer, then one
-//! division by its exponential. All on the device.
+//! division by its exponential. The sign-aware form scatter-adds ones (occurrence counts) and
+//! tests them for > 0. All on the device.
 
 use candle_core::{DType, Tensor};
 
+use crate::config::RepetitionPenaltyMode;
 use crate::context::SamplingContext;
 use crate::error::Result;
 use crate::param::RowParam;
@@ -23,10 +30,65 @@ pub struct RepetitionPenalty {
     penalty: RowParam,
     decay: RowParam,
     window: RowParam,
+    mode: RepetitionPenaltyMode,
+}
+
+/// The history positions a windowed penalty looks at.
+pub(crate) struct WindowedHistory {
+    /// `[rows, width]` u32 token ids, 0 where the position does not count.
+    pub ids: Tensor,
+    /// `[rows, width]` u8: 1 where the position counts (inside the row's length and window).
+    pub valid: Tensor,
+    /// `[rows, width]` f32 distance D = length - position.
+    pub dist: Tensor,
+}
+
+impl WindowedHistory {
+    /// The positions with `window == 0 || D < window` (`window`: a count per row), or `None`
+    /// when there is no history.
+    pub(crate) fn of(
+        logits: &Tensor,
+        ctx: &SamplingContext,
+        window: &RowParam,
+    ) -> Result<Option<Self>> {
+        let Some(hist) = ctx.history() else {
+            return Ok(None);
+        };
+        if hist.width() == 0 {
+            return Ok(None);
+        }
+        let rows = logits.dim(0)?;
+        let dev = logits.device();
+        let tokens = hist.tokens()?;
+        let width = hist.width();
+        let lens = hist.lens().to_dtype(DType::F32)?.reshape((rows, 1))?;
+        let pos = Tensor::arange(0f32, width as f32, dev)?.unsqueeze(0)?;
+        let dist = lens.broadcast_sub(&pos)?;
+        let window = window.column(rows, dev)?;
+        let in_window = window
+            .eq(0f32)?
+            .broadcast_add(&dist.broadcast_lt(&window)?)?
+            .gt(0u8)?;
+        let valid = (dist.ge(1f32)? * in_window)?;
+        // Entries past a row's length may hold anything; point them at id 0 (with weight 0).
+        let ids = valid
+            .where_cond(&tokens, &tokens.zeros_like()?)?
+            .contiguous()?;
+        Ok(Some(Self { ids, valid, dist }))
+    }
+
+    /// `[rows, vocab]` f32: how often each token occurs at the counted positions.
+    pub(crate) fn counts(&self, vocab: usize) -> Result<Tensor> {
+        let rows = self.ids.dim(0)?;
+        let ones = self.valid.to_dtype(DType::F32)?.contiguous()?;
+        let acc = Tensor::zeros((rows, vocab), DType::F32, self.ids.device())?;
+        Ok(acc.scatter_add(&self.ids, &ones, 1)?)
+    }
 }
 
 impl RepetitionPenalty {
-    /// `penalty` > 0 (1 = off), `decay` finite, `window` >= 0 (0 = the whole history).
+    /// The divide form: `penalty` > 0 (1 = off), `decay` finite, `window` >= 0 (0 = the whole
+    /// history).
     pub fn new(
         penalty: impl Into<RowParam>,
         decay: impl Into<RowParam>,
@@ -42,7 +104,39 @@ impl RepetitionPenalty {
             penalty,
             decay,
             window,
+            mode: RepetitionPenaltyMode::Divide,
         })
+    }
+
+    /// The sign-aware form: `penalty` > 0 (1 = off), `window` >= 0 (0 = the whole history).
+    pub fn sign_aware(penalty: impl Into<RowParam>, window: impl Into<RowParam>) -> Result<Self> {
+        let mut p = Self::new(penalty, 0.0, window)?;
+        p.mode = RepetitionPenaltyMode::SignAware;
+        Ok(p)
+    }
+
+    /// The processor of a mode; the sign-aware form rejects a decay other than 0.
+    pub fn with_mode(
+        mode: RepetitionPenaltyMode,
+        penalty: impl Into<RowParam>,
+        decay: impl Into<RowParam>,
+        window: impl Into<RowParam>,
+    ) -> Result<Self> {
+        match mode {
+            RepetitionPenaltyMode::Divide => Self::new(penalty, decay, window),
+            RepetitionPenaltyMode::SignAware => {
+                decay.into().check(
+                    "repetition_penalty_decay",
+                    "0 (the sign_aware mode takes no decay)",
+                    |v| v == 0.0,
+                )?;
+                Self::sign_aware(penalty, window)
+            }
+        }
+    }
+
+    pub fn mode(&self) -> RepetitionPenaltyMode {
+        self.mode
     }
 
     /// The `[rows, vocab]` log-divisor: the sum over the penalised occurrences of each token.
@@ -51,48 +145,51 @@ impl RepetitionPenalty {
         logits: &Tensor,
         ctx: &SamplingContext,
     ) -> Result<Option<Tensor>> {
-        let Some(hist) = ctx.history() else {
+        let Some(w) = WindowedHistory::of(logits, ctx, &self.window)? else {
             return Ok(None);
         };
-        if hist.width() == 0 {
-            return Ok(None);
-        }
         let (rows, vocab) = logits.dims2()?;
         let dev = logits.device();
-        let tokens = hist.tokens()?;
-        let width = hist.width();
-        let lens = hist.lens().to_dtype(DType::F32)?.reshape((rows, 1))?;
-        let pos = Tensor::arange(0f32, width as f32, dev)?.unsqueeze(0)?;
-        let dist = lens.broadcast_sub(&pos)?;
-        let window = self.window.column(rows, dev)?;
-        let in_window = window
-            .eq(0f32)?
-            .broadcast_add(&dist.broadcast_lt(&window)?)?
-            .gt(0u8)?;
-        let valid = (dist.ge(1f32)? * in_window)?;
         let log_pen = self.penalty.column(rows, dev)?.log()?;
         let decay = self.decay.column(rows, dev)?;
-        let weight = dist
+        let weight = w
+            .dist
             .maximum(1f32)?
             .log()?
             .broadcast_mul(&decay)?
             .broadcast_add(&log_pen)?;
-        let weight = valid.where_cond(&weight, &weight.zeros_like()?)?;
-        // Entries past a row's length may hold anything; point them at id 0 with weight 0.
-        let ids = valid
-            .where_cond(&tokens, &tokens.zeros_like()?)?
-            .contiguous()?;
+        let weight = w.valid.where_cond(&weight, &weight.zeros_like()?)?;
         let acc = Tensor::zeros((rows, vocab), DType::F32, dev)?;
-        Ok(Some(acc.scatter_add(&ids, &weight.contiguous()?, 1)?))
+        Ok(Some(acc.scatter_add(&w.ids, &weight.contiguous()?, 1)?))
+    }
+
+    fn apply_sign_aware(&self, logits: &Tensor, ctx: &SamplingContext) -> Result<Tensor> {
+        let Some(w) = WindowedHistory::of(logits, ctx, &self.window)? else {
+            return Ok(logits.clone());
+        };
+        let (rows, vocab) = logits.dims2()?;
+        let seen = w.counts(vocab)?.gt(0f32)?;
+        let pen = self.penalty.column(rows, logits.device())?;
+        let lowered = logits
+            .gt(0f32)?
+            .where_cond(&logits.broadcast_div(&pen)?, &logits.broadcast_mul(&pen)?)?;
+        Ok(seen.where_cond(&lowered, logits)?)
     }
 }
 
 impl LogitsProcessor for RepetitionPenalty {
     fn name(&self) -> &'static str {
-        "repetition_penalty"
+        // Distinct names: the fused penalty op implements the divide form only.
+        match self.mode {
+            RepetitionPenaltyMode::Divide => "repetition_penalty",
+            RepetitionPenaltyMode::SignAware => "repetition_penalty_sign_aware",
+        }
     }
 
     fn apply(&self, logits: &Tensor, ctx: &SamplingContext) -> Result<Tensor> {
+        if self.mode == RepetitionPenaltyMode::SignAware {
+            return self.apply_sign_aware(logits, ctx);
+        }
         match self.log_divisor(logits, ctx)? {
             None => Ok(logits.clone()),
             Some(ld) => Ok((logits / ld.exp()?)?),
@@ -159,6 +256,60 @@ mod tests {
         let y = RepetitionPenalty::new(pen, 0.0, 75.0)?.apply(&x, &c)?;
         assert_close(&rows(&y), &[vec![3.0, 6.0], vec![2.0, 6.0]]);
         Ok(())
+    }
+
+    #[test]
+    fn sign_aware_divides_positive_multiplies_negative_once_per_token() -> Result<()> {
+        // The HF test case: uniform 0.1 scores, [0, 0] = -0.1, [1, 5] = 0.4, penalty 2.
+        let mut a = vec![0.1f32; 10];
+        a[0] = -0.1;
+        let mut b = vec![0.1f32; 10];
+        b[5] = 0.4;
+        let x = t2(&[&a, &b]);
+        let c = ctx_with_history(&[vec![0, 1], vec![5, 0]]);
+        let y = rows(&RepetitionPenalty::sign_aware(2.0, 75.0)?.apply(&x, &c)?);
+        assert!(
+            (y[0][0] + 0.2).abs() < 1e-7 && (y[0][1] - 0.05).abs() < 1e-7,
+            "{:?}",
+            y[0]
+        );
+        assert!(
+            (y[1][0] - 0.05).abs() < 1e-7 && (y[1][5] - 0.2).abs() < 1e-7,
+            "{:?}",
+            y[1]
+        );
+        assert_eq!(y[0][2], 0.1);
+        // A token seen three times is still penalised once.
+        let x = t2(&[&[4.0, -4.0, 1.0]]);
+        let c = ctx_with_history(&[vec![0, 0, 0, 1, 1]]);
+        let y = RepetitionPenalty::sign_aware(2.0, 0.0)?.apply(&x, &c)?;
+        assert_close(&rows(&y), &[vec![2.0, -8.0, 1.0]]);
+        Ok(())
+    }
+
+    #[test]
+    fn sign_aware_matches_llama_cpp_published_probabilities() -> Result<()> {
+        // llama.cpp test-sampling: five tokens of 0.2, penalty 50 over history {0, 1, 2, 0, 0}
+        // leaves {0, 0, 0, 0.5, 0.5}.
+        let l = vec![0.2f32.ln(); 5];
+        let x = t2(&[&l]);
+        let c = ctx_with_history(&[vec![0, 1, 2, 0, 0]]);
+        let y = RepetitionPenalty::sign_aware(50.0, 0.0)?.apply(&x, &c)?;
+        let p = rows(&candle_nn::ops::softmax_last_dim(&y)?)[0].clone();
+        for (g, w) in p.iter().zip([0.0, 0.0, 0.0, 0.5, 0.5]) {
+            assert!((g - w).abs() < 1e-5, "{p:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn sign_aware_takes_no_decay() {
+        assert!(
+            RepetitionPenalty::with_mode(RepetitionPenaltyMode::SignAware, 1.5, 0.5, 75.0).is_err()
+        );
+        assert!(
+            RepetitionPenalty::with_mode(RepetitionPenaltyMode::SignAware, 1.5, 0.0, 75.0).is_ok()
+        );
     }
 
     #[test]
