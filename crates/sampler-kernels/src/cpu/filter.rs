@@ -87,35 +87,129 @@ fn exp_sum(c: &[Cand]) -> f64 {
     c.iter().map(|x| x.e as f64).sum()
 }
 
+/// Half-width, in logits, of the band around min-p's cut `ln(p)` (relative to the row maximum)
+/// where f32 rounding of the plain path's `e / s >= p / s` test decides. A row with a logit in
+/// the band takes the exact path; outside it the cut in logit space decides the same way.
+const MIN_P_BAND: f32 = 1e-3;
+
+/// Lanes of the chunked row passes: independent accumulators the compiler keeps in vector
+/// registers (a plain fold over f32 compares is sequential and stays scalar).
+const LANES: usize = 16;
+
+/// The row maximum, after checking that the row holds no NaN or +inf. One branch-free pass.
+fn checked_max(x: &[f32], row: usize) -> Result<f32> {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    // `v < inf` is false for NaN and +inf alike.
+    let mut ok = [true; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for j in 0..LANES {
+            m[j] = if ch[j] > m[j] { ch[j] } else { m[j] };
+            ok[j] &= ch[j] < f32::INFINITY;
+        }
+    }
+    let mut max = m
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let mut bad = ok.iter().any(|o| !o);
+    for &v in tail {
+        max = if v > max { v } else { max };
+        bad |= !(v < f32::INFINITY);
+    }
+    if bad {
+        let (i, v) = x
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(**v < f32::INFINITY))
+            .unwrap_or((0, &f32::NAN));
+        bail!("row {row}: logit {v} at id {i} (logits must not hold NaN or +inf)");
+    }
+    Ok(max)
+}
+
+/// Appends every logit `>= floor` of `x` (ids from 0) to `c`. A chunk without one is skipped
+/// after one vectorised compare.
+fn gather_at_least(x: &[f32], floor: f32, c: &mut Vec<Cand>) {
+    let mut push = |base: usize, xs: &[f32]| {
+        for (j, &v) in xs.iter().enumerate() {
+            if v >= floor {
+                c.push(Cand {
+                    v,
+                    id: (base + j) as u32,
+                    e: 0.0,
+                });
+            }
+        }
+    };
+    let chunks = x.chunks_exact(LANES);
+    let tail_at = x.len() - chunks.remainder().len();
+    for (k, ch) in chunks.enumerate() {
+        let mut any = false;
+        for &v in ch {
+            any |= v >= floor;
+        }
+        if any {
+            push(k * LANES, ch);
+        }
+    }
+    push(tail_at, &x[tail_at..]);
+}
+
+/// Min-p's fast path: only logits near the top survive min-p, so gather just those without an
+/// exponential per logit. A logit with `l - max >= ln(p)` is above the cut; when fewer than
+/// `min_tokens` are, the gathering threshold moves down until it holds the `min_tokens` highest
+/// logits, and the protection keeps every value >= the k-th largest of them, as in the exact
+/// path. Returns false, with `c` cleared, when the exact path must decide: some logit lies in
+/// the rounding band around the cut, or the row holds fewer than `min_tokens` finite logits
+/// within 64 of its maximum.
+fn gather_min_p(x: &[f32], m: f32, p: &RowParams, c: &mut Vec<Cand>) -> bool {
+    let cut = p.min_p.ln();
+    let (lo, hi) = (cut - MIN_P_BAND, cut + MIN_P_BAND);
+    let k = (p.min_tokens.max(0.0) as usize).max(1);
+    let mut threshold = lo;
+    loop {
+        c.clear();
+        // Gather a little below `m + threshold` (float rounding of the sum), then keep exactly
+        // the logits with `v - m >= threshold`, the form the band test and the exact path use.
+        let slack = (m.abs() + threshold.abs()) * 1e-6 + f32::MIN_POSITIVE;
+        gather_at_least(x, m + threshold - slack, c);
+        c.retain(|x| x.v - m >= threshold);
+        if c.iter().any(|x| x.v - m >= lo && x.v - m < hi) {
+            c.clear();
+            return false;
+        }
+        c.iter_mut().for_each(|x| x.e = (x.v - m).exp());
+        if c.len() >= k {
+            break;
+        }
+        if threshold < lo - 64.0 {
+            c.clear();
+            return false;
+        }
+        threshold = threshold * 2.0 - 1.0;
+    }
+    let above = |x: &Cand| x.v - m >= hi;
+    if c.iter().filter(|x| above(x)).count() < k {
+        let vk = kth_largest(c, k);
+        c.retain(|x| above(x) || x.v >= vk);
+    } else {
+        c.retain(above);
+    }
+    true
+}
+
 /// Runs the segment on row `x`, leaving the kept candidates, with their processed values, in
 /// `c` (in no particular order). A row without finite logits leaves `c` empty.
 fn filter_row(x: &[f32], p: &RowParams, c: &mut Vec<Cand>, row: usize) -> Result<()> {
     c.clear();
-    for (i, &v) in x.iter().enumerate() {
-        if v == f32::NEG_INFINITY {
-            continue;
-        }
-        if !v.is_finite() {
-            bail!("row {row}: logit {v} at id {i} (logits must not hold NaN or +inf)");
-        }
-        c.push(Cand {
-            v,
-            id: i as u32,
-            e: 0.0,
-        });
-    }
-    if c.is_empty() {
+    let m = checked_max(x, row)?;
+    if m == f32::NEG_INFINITY {
         return Ok(());
     }
     let dynamic = p.dynamic();
-    if p.min_p > 0.0 || p.top_p < 1.0 || dynamic {
-        // The row maximum survives every stage before the temperature, so these exponentials
-        // stay valid (relative to the current maximum) until then.
-        let m = max_value(c);
-        c.iter_mut().for_each(|x| x.e = (x.v - m).exp());
-    }
-    if p.min_p > 0.0 {
-        min_p(c, p.min_p, p.min_tokens);
+    if !(p.min_p > 0.0 && gather_min_p(x, m, p, c)) {
+        filter_row_from_all(x, m, p, c);
     }
     if p.top_k > 0.0 {
         // `as` saturates; a k in (0, 1) selects like k = 1, as the plain path's count test does.
@@ -144,6 +238,28 @@ fn filter_row(x: &[f32], p: &RowParams, c: &mut Vec<Cand>, row: usize) -> Result
         top_n_sigma(c, p.n_sigma);
     }
     Ok(())
+}
+
+/// The exact path of the stages up to min-p: every finite logit is a candidate.
+fn filter_row_from_all(x: &[f32], m: f32, p: &RowParams, c: &mut Vec<Cand>) {
+    c.extend(
+        x.iter()
+            .enumerate()
+            .filter(|(_, v)| **v != f32::NEG_INFINITY)
+            .map(|(i, &v)| Cand {
+                v,
+                id: i as u32,
+                e: 0.0,
+            }),
+    );
+    if p.min_p > 0.0 || p.top_p < 1.0 || p.dynamic() {
+        // The row maximum survives every stage before the temperature, so these exponentials
+        // stay valid (relative to the current maximum) until then.
+        c.iter_mut().for_each(|x| x.e = (x.v - m).exp());
+    }
+    if p.min_p > 0.0 {
+        min_p(c, p.min_p, p.min_tokens);
+    }
 }
 
 /// Min-p: keep prob >= p * max prob, plus every value >= the `min_tokens`-th largest.
@@ -716,5 +832,46 @@ mod tests {
             let out = sample(&x, &p, &[3], 1, 7, 9, step).unwrap();
             assert!(out[0] == 1.0 || out[0] == 6.0, "drew {}", out[0]);
         }
+    }
+
+    #[test]
+    fn min_p_fast_path_keeps_what_the_exact_path_keeps() {
+        let mut taken = 0;
+        for seed in 0..40u32 {
+            // Gaussian-like logits from the Philox stream, scale 3, vocab 4096.
+            let x: Vec<f32> = (0..4096u32)
+                .map(|i| {
+                    let u = philox_uniform(seed as u64, i, 0).max(1e-7);
+                    let v = philox_uniform(seed as u64, i, 1);
+                    3.0 * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+                })
+                .collect();
+            let min_p = [0.02f32, 0.05, 0.3][seed as usize % 3];
+            let min_tokens = [1.0f32, 4.0, 32.0, 200.0][seed as usize % 4];
+            let p = RowParams::new(&with(&[(fp::MIN_P, min_p), (fp::MIN_TOKENS, min_tokens)]));
+            let m = checked_max(&x, 0).unwrap();
+            let mut fast = Vec::new();
+            let mut exact = Vec::new();
+            filter_row_from_all(&x, m, &p, &mut exact);
+            if gather_min_p(&x, m, &p, &mut fast) {
+                taken += 1;
+                let ids = |c: &[Cand]| {
+                    let mut v: Vec<u32> = c.iter().map(|x| x.id).collect();
+                    v.sort_unstable();
+                    v
+                };
+                assert_eq!(ids(&fast), ids(&exact), "seed {seed}");
+                for f in &fast {
+                    let e = exact.iter().find(|x| x.id == f.id).unwrap();
+                    assert_eq!(f.e.to_bits(), e.e.to_bits());
+                }
+            } else {
+                assert!(fast.is_empty());
+            }
+        }
+        assert!(
+            taken >= 30,
+            "the fast path was taken only {taken} times of 40"
+        );
     }
 }
