@@ -115,13 +115,13 @@ fn checked_max(x: &[f32], row: usize) -> Result<f32> {
     let mut bad = ok.iter().any(|o| !o);
     for &v in tail {
         max = if v > max { v } else { max };
-        bad |= !(v < f32::INFINITY);
+        bad |= v.is_nan() || v == f32::INFINITY;
     }
     if bad {
         let (i, v) = x
             .iter()
             .enumerate()
-            .find(|(_, v)| !(**v < f32::INFINITY))
+            .find(|(_, v)| v.is_nan() || **v == f32::INFINITY)
             .unwrap_or((0, &f32::NAN));
         bail!("row {row}: logit {v} at id {i} (logits must not hold NaN or +inf)");
     }
