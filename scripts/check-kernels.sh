@@ -5,9 +5,10 @@
 # At run time the kernels are compiled by NVRTC (crates/sampler-kernels/src/cuda.rs), so a normal
 # build needs no CUDA compiler; this script catches CUDA compile errors and warnings without a GPU.
 #
-# nvcc: the one on PATH, else the CUDA 13.0 build toolchain of shared/gpu/cuda-toolchain.sh
-# (found at $CUDA_TOOLCHAIN_SH, <repo>/shared/gpu/ or <repo>/../shared/gpu/; installs itself on
-# first use). Output files go to $KERNEL_CHECK_OUT (default: a temporary folder, removed).
+# nvcc: the one on PATH, else the CUDA 13.0 build toolchain recipe shared/gpu/cuda-toolchain.sh,
+# which lives outside this repository (found at $CUDA_TOOLCHAIN_SH, <repo>/shared/gpu/ or
+# <repo>/../shared/gpu/; installs itself on first use). Without either, the check says so and
+# is skipped (exit 0). Output files go to $KERNEL_CHECK_OUT (default: a temporary folder, removed).
 # Exit status: 0 when every file compiles without warnings, 1 otherwise.
 set -euo pipefail
 
@@ -19,8 +20,8 @@ if ! command -v nvcc >/dev/null 2>&1; then
         if [ -n "$f" ] && [ -f "$f" ]; then tc=$f; break; fi
     done
     if [ -z "$tc" ]; then
-        echo "check-kernels: no nvcc on PATH and no shared/gpu/cuda-toolchain.sh found" >&2
-        exit 1
+        echo "check-kernels: skipped: no nvcc on PATH and no CUDA toolchain recipe (../shared/gpu/cuda-toolchain.sh or \$CUDA_TOOLCHAIN_SH)"
+        exit 0
     fi
     # shellcheck disable=SC1090
     source "$tc" >&2

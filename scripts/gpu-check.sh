@@ -32,7 +32,7 @@ find_first() { for f in "$@"; do if [ -n "$f" ] && [ -e "$f" ]; then echo "$f"; 
 
 tc=$(find_first "${CUDA_TOOLCHAIN_SH:-}" "$root/shared/gpu/cuda-toolchain.sh" "$root/../shared/gpu/cuda-toolchain.sh") || {
     echo "gpu-check: shared/gpu/cuda-toolchain.sh not found (set CUDA_TOOLCHAIN_SH)" >&2; exit 1; }
-golden=$(find_first "${SAMPLER_GOLDEN_DIR:-}" "$root/shared/golden" "$root/../shared/golden") || {
+golden=$(find_first "${SAMPLER_GOLDEN_DIR:-}" "$root/tests/golden") || {
     echo "gpu-check: golden cases not found (set SAMPLER_GOLDEN_DIR)" >&2; exit 1; }
 
 # shellcheck disable=SC1090

@@ -13,7 +13,7 @@ pub fn golden_dir() -> PathBuf {
     if let Ok(d) = std::env::var("SAMPLER_GOLDEN_DIR") {
         return PathBuf::from(d);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden")
 }
 
 /// One case folder and its meta.json.

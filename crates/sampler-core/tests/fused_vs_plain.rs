@@ -17,7 +17,7 @@ use sampler_core::{
 fn golden_dir() -> std::path::PathBuf {
     match std::env::var("SAMPLER_GOLDEN_DIR") {
         Ok(d) => d.into(),
-        Err(_) => concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/golden").into(),
+        Err(_) => concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden").into(),
     }
 }
 

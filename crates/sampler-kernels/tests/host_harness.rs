@@ -961,7 +961,7 @@ fn repetition_over_a_long_history_matches_a_sequential_loop() {
 fn golden_dir() -> PathBuf {
     match std::env::var("SAMPLER_GOLDEN_DIR") {
         Ok(d) => PathBuf::from(d),
-        Err(_) => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"),
+        Err(_) => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden"),
     }
 }
 
