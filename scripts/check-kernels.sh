@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# check-kernels.sh -- compiles every kernels/*.cu with nvcc: to PTX for sm_90 (what CI checks)
+# check-kernels.sh -- compiles every crates/sampler-kernels/kernels/*.cu with nvcc: to PTX for sm_90 (what CI checks)
 # and to an sm_90 cubin, printing each kernel's registers, spills and shared memory.
 #
 # At run time the kernels are compiled by NVRTC (crates/sampler-kernels/src/cuda.rs), so a normal
@@ -36,9 +36,9 @@ mkdir -p "$out"
 
 echo "check-kernels: $(nvcc --version | tail -n 1)"
 shopt -s nullglob
-files=("$root"/kernels/*.cu)
+files=("$root"/crates/sampler-kernels/kernels/*.cu)
 if [ ${#files[@]} -eq 0 ]; then
-    echo "check-kernels: no kernels/*.cu" >&2
+    echo "check-kernels: no crates/sampler-kernels/kernels/*.cu" >&2
     exit 1
 fi
 
@@ -46,7 +46,7 @@ status=0
 for cu in "${files[@]}"; do
     name=$(basename "${cu%.cu}")
     # PTX for sm_90, warnings are errors
-    if nvcc --ptx -arch=sm_90 -Werror all-warnings -I "$root/kernels" -o "$out/$name.ptx" "$cu"; then
+    if nvcc --ptx -arch=sm_90 -Werror all-warnings -I "$root/crates/sampler-kernels/kernels" -o "$out/$name.ptx" "$cu"; then
         echo "ok   $name.cu -> PTX (sm_90)"
     else
         echo "FAIL $name.cu -> PTX (sm_90)" >&2
@@ -54,7 +54,7 @@ for cu in "${files[@]}"; do
         continue
     fi
     # cubin: ptxas reports registers, spills and shared memory per kernel
-    if nvcc --cubin -arch=sm_90 -Werror all-warnings -Xptxas -v -I "$root/kernels" \
+    if nvcc --cubin -arch=sm_90 -Werror all-warnings -Xptxas -v -I "$root/crates/sampler-kernels/kernels" \
         -o "$out/$name.cubin" "$cu" 2>"$out/$name.ptxas.txt"; then
         grep -E "Compiling entry|registers|spill" "$out/$name.ptxas.txt" | sed 's/^/     /'
     else

@@ -13,7 +13,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::error::{invalid, Result, SamplerError};
-use crate::processors::typical_p::log_softmax;
+use crate::tensor_ops::log_softmax;
 use crate::sort_ops::{sorted_head, MAX_HEAD};
 use crate::tensor_ops::{count, finite};
 

@@ -11,12 +11,15 @@ use crate::error::{Result, SamplerError};
 /// Per-row token histories on the device.
 #[derive(Clone, Debug)]
 pub struct History {
-    /// `[rows, capacity]` u32; entries at or past a row's length are unspecified.
+    /// `[token_rows, capacity]` u32; entries at or past a row's length are unspecified.
     tokens: Tensor,
     /// `[rows]` u32: the number of valid tokens of each row.
     lens: Tensor,
     /// A host-side upper bound of every row's length: processors look at `tokens[:, ..width]`.
     width: usize,
+    /// `[rows]` u32: the token row each row reads (several rows may share one); `None` = row r
+    /// reads token row r.
+    row_map: Option<Tensor>,
 }
 
 impl History {
@@ -36,8 +39,40 @@ impl History {
         }
         Ok(Self {
             tokens: tokens.to_dtype(DType::U32)?.contiguous()?,
-            lens: lens.to_dtype(DType::U32)?.to_device(tokens.device())?,
+            lens: lens.to_dtype(DType::U32)?.to_device(tokens.device())?.contiguous()?,
             width,
+            row_map: None,
+        })
+    }
+
+    /// Histories that share token rows: row r reads the first `lens[r]` tokens of token row
+    /// `row_map[r]` of `tokens` (`[token_rows, W]`). Nothing is copied per row.
+    pub fn with_row_map(tokens: &Tensor, lens: &Tensor, row_map: &Tensor) -> Result<Self> {
+        let (token_rows, width) = tokens.dims2().map_err(|_| {
+            SamplerError::Shape(format!(
+                "history tokens must be [rows, H], got {:?}",
+                tokens.dims()
+            ))
+        })?;
+        let rows = row_map.dims1().map_err(|_| {
+            SamplerError::Shape(format!("row map must be [rows], got {:?}", row_map.dims()))
+        })?;
+        if lens.dims() != [rows] {
+            return Err(SamplerError::Shape(format!(
+                "history lengths must be [{rows}], got {:?}",
+                lens.dims()
+            )));
+        }
+        let dev = tokens.device();
+        let map = row_map.to_dtype(DType::U32)?.to_device(dev)?.contiguous()?;
+        if rows > 0 && token_rows == 0 {
+            return Err(SamplerError::Shape("row map into an empty history".into()));
+        }
+        Ok(Self {
+            tokens: tokens.to_dtype(DType::U32)?.contiguous()?,
+            lens: lens.to_dtype(DType::U32)?.to_device(dev)?.contiguous()?,
+            width,
+            row_map: Some(map),
         })
     }
 
@@ -47,6 +82,7 @@ impl History {
             tokens: Tensor::zeros((rows, capacity.max(1)), DType::U32, device)?,
             lens: Tensor::zeros(rows, DType::U32, device)?,
             width: 0,
+            row_map: None,
         })
     }
 
@@ -86,11 +122,13 @@ impl History {
             tokens,
             lens,
             width: max_len,
+            row_map: None,
         })
     }
 
     /// The NAR history of one RVQ level: for codes `[batch, T]` of the previous level, row
-    /// `b * T + j` sees `codes[b, 0..j)` (SPEC §4), so its distance to position i is `j - i`.
+    /// `b * T + j` sees `codes[b, 0..j)`, so its distance to position i is `j - i`. The rows
+    /// share the codes (no `T x T` copy).
     pub fn nar_from_previous_level(codes: &Tensor) -> Result<Self> {
         let (b, t) = codes.dims2().map_err(|_| {
             SamplerError::Shape(format!(
@@ -98,30 +136,61 @@ impl History {
                 codes.dims()
             ))
         })?;
-        let codes = codes.to_dtype(DType::U32)?;
-        let tokens = codes
-            .unsqueeze(1)?
-            .broadcast_as((b, t, t))?
-            .reshape((b * t, t))?;
-        let lens = Tensor::arange(0u32, t as u32, codes.device())?
+        let dev = codes.device();
+        let lens = Tensor::arange(0u32, t as u32, dev)?
             .unsqueeze(0)?
             .broadcast_as((b, t))?
             .reshape(b * t)?;
-        Ok(Self {
-            tokens: tokens.contiguous()?,
-            lens: lens.contiguous()?,
-            width: t,
-        })
+        let map = Tensor::arange(0u32, b as u32, dev)?
+            .unsqueeze(1)?
+            .broadcast_as((b, t))?
+            .reshape(b * t)?;
+        Self::with_row_map(codes, &lens, &map)
     }
 
     /// Number of rows.
     pub fn rows(&self) -> usize {
-        self.tokens.dim(0).unwrap_or(0)
+        self.lens.dim(0).unwrap_or(0)
     }
 
-    /// The `[rows, width]` u32 view of the tokens that may be valid.
+    /// The `[rows, width]` u32 tokens that may be valid: a view of the buffer, or, for rows
+    /// that share token rows, a gathered copy.
     pub fn tokens(&self) -> Result<Tensor> {
-        Ok(self.tokens.narrow(1, 0, self.width)?)
+        let t = self.tokens.narrow(1, 0, self.width)?;
+        match &self.row_map {
+            None => Ok(t),
+            Some(m) => Ok(t.contiguous()?.index_select(m, 0)?),
+        }
+    }
+
+    /// The token buffer `[token_rows, capacity]` and the row map, as the fused ops read them.
+    pub(crate) fn buffer(&self) -> (&Tensor, Option<&Tensor>) {
+        (&self.tokens, self.row_map.as_ref())
+    }
+
+    /// After a fused step appended one token per running row in place: the new lengths.
+    pub(crate) fn appended(&mut self, lens: Tensor) {
+        self.lens = lens;
+        self.width += 1;
+    }
+
+    /// Makes room for one more token per row (capacity doubles when full). Returns whether
+    /// the rows own their token buffer (no row map), which appending needs.
+    pub(crate) fn reserve_one(&mut self) -> Result<()> {
+        if self.row_map.is_some() {
+            return Err(SamplerError::Shape(
+                "histories that share token rows cannot grow".into(),
+            ));
+        }
+        let rows = self.rows();
+        let capacity = self.tokens.dim(1)?;
+        if self.width + 1 > capacity {
+            let grown =
+                Tensor::zeros((rows, (capacity * 2).max(1)), DType::U32, self.tokens.device())?;
+            grown.slice_set(&self.tokens, 1, 0)?;
+            self.tokens = grown;
+        }
+        Ok(())
     }
 
     /// `[rows]` u32 lengths.
@@ -144,12 +213,7 @@ impl History {
                 tokens.dims()
             )));
         }
-        let capacity = self.tokens.dim(1)?;
-        if self.width + 1 > capacity {
-            let grown = Tensor::zeros((rows, capacity * 2), DType::U32, self.tokens.device())?;
-            grown.slice_set(&self.tokens, 1, 0)?;
-            self.tokens = grown;
-        }
+        self.reserve_one()?;
         let at = self.lens.unsqueeze(1)?;
         let src = tokens.to_dtype(DType::U32)?.unsqueeze(1)?.contiguous()?;
         self.tokens.scatter_set(&at, &src, 1)?;
@@ -168,7 +232,7 @@ impl History {
 pub struct SamplingContext {
     seed: u64,
     step: u64,
-    row_ids: Option<Vec<u32>>,
+    row_ids: Option<std::sync::Arc<[u32]>>,
     history: Option<History>,
     validate: bool,
     /// Classifier-free guidance: the unconditional logits of this step (`[rows, vocab]`).
@@ -205,7 +269,7 @@ impl SamplingContext {
 
     /// Sets explicit row ids (the Philox key of each row); by default row r has id r.
     pub fn with_row_ids(mut self, ids: Vec<u32>) -> Self {
-        self.row_ids = Some(ids);
+        self.row_ids = Some(ids.into());
         self
     }
 
@@ -269,12 +333,22 @@ impl SamplingContext {
     pub fn row_ids(&self, rows: usize) -> Result<Vec<u32>> {
         match &self.row_ids {
             None => Ok((0..rows as u32).collect()),
-            Some(ids) if ids.len() == rows => Ok(ids.clone()),
+            Some(ids) if ids.len() == rows => Ok(ids.to_vec()),
             Some(ids) => Err(SamplerError::Shape(format!(
                 "{} row ids for {rows} rows",
                 ids.len()
             ))),
         }
+    }
+
+    /// The explicit row ids, shared (their device copy is cached by the sampler).
+    pub(crate) fn row_ids_shared(&self) -> Option<&std::sync::Arc<[u32]>> {
+        self.row_ids.as_ref()
+    }
+
+    /// Advances the step counter only (the history was appended to in place).
+    pub(crate) fn advance_step(&mut self) {
+        self.step += 1;
     }
 
     /// Appends the sampled tokens to the history (if any) and advances the step.

@@ -1,13 +1,16 @@
 //! # sampler-core
 //!
-//! A [`LogitsProcessor`] chain over batched `[rows, vocab]` candle tensors, with every sampler of
-//! the reference VALL-E pipeline, a counter-based (Philox4x32-10) draw, and a serde
-//! [`SamplerConfig`] with the VALL-E kwargs names. Everything runs as candle tensor ops on the
-//! logits' device (CPU, CUDA, Metal); nothing is copied to the host inside a step except the
-//! few scalars input validation reads (turn it off with
-//! [`SamplingContext::with_validation`]).
+//! A [`LogitsProcessor`] chain over batched `[rows, vocab]` candle tensors, ended by a
+//! [`Selector`] that draws the tokens, with every sampler of the reference VALL-E pipeline and
+//! the usual LLM samplers, a counter-based (Philox4x32-10) draw, and a serde [`SamplerConfig`]
+//! with the VALL-E kwargs names.
 //!
-//! ```no_run
+//! Each processor has a plain tensor implementation (the reference, any device) and declares
+//! its fused stage; a [`Sampler`] runs every run of consecutive stages as one fused op of
+//! `sampler-kernels` ([`ExecPath::Fused`], the default), so a whole default chain is one call
+//! per step. Nothing is copied to the host inside a step except what the caller asks for.
+//!
+//! ```
 //! use candle_core::{Device, Tensor};
 //! use sampler_core::{Mode, Sampler, SamplerConfig, SamplingContext};
 //! # fn main() -> Result<(), sampler_core::SamplerError> {
@@ -15,33 +18,40 @@
 //! let cfg = SamplerConfig { top_k: 50, top_p: 0.9, temperature: 0.8, ..Default::default() };
 //! let mut sampler = Sampler::from_config(&cfg, Mode::Ar)?;
 //! let drawn = sampler.sample(&logits, &SamplingContext::new(42))?;
-//! println!("{:?}", drawn.tokens.to_vec1::<u32>()?);
+//! assert_eq!(drawn.tokens.dims(), &[4]);
 //! # Ok(()) }
 //! ```
 
-pub mod beam;
-pub mod config;
-pub mod context;
-pub mod draw;
-pub mod error;
-pub mod param;
+#![warn(missing_docs)]
+
+mod beam;
+mod config;
+mod context;
+pub mod diagnostics;
+mod draw;
+mod error;
+mod fusion;
+mod param;
 pub mod philox;
-pub mod processor;
+mod processor;
 pub mod processors;
-pub mod sampler;
-pub(crate) mod sort_ops;
-pub(crate) mod tensor_ops;
-pub(crate) mod vocab_cache;
+mod sampler;
+mod sort_ops;
+mod stage;
+mod tensor_ops;
+mod vocab_cache;
 
 #[cfg(test)]
-pub(crate) mod test_util;
+mod test_util;
 
-pub use beam::{beam_candidates, BeamCandidates};
-pub use config::{Mode, RepetitionPenaltyMode, SamplerConfig};
+pub use beam::{beam_candidates, BeamCandidates, MAX_BEAM_WIDTH};
+pub use config::{Knob, MirostatVersion, Mode, RepetitionPenaltyMode, SamplerConfig};
 pub use context::{History, SamplingContext};
-pub use draw::{draw, DrawRule, Drawn};
+pub use draw::{draw, uniforms, Draw, Drawn};
 pub use error::{Result, SamplerError};
+pub use fusion::ExecPath;
 pub use param::RowParam;
-pub use processor::{Chain, LogitsProcessor};
-pub use processors::fused::ExecPath;
-pub use sampler::{prepare, Sampler, SamplerBuilder};
+pub use processor::{AsAny, Chain, LogitsProcessor, Selector};
+pub use processors::entropix::EntropixConfig;
+pub use sampler::{Sampler, SamplerBuilder, StopState};
+pub use stage::Stage;

@@ -1,38 +1,56 @@
-//! The processor trait and the chain. Like llama.cpp's sampler chain, every processor has the
-//! same few entry points: apply (logits -> logits), accept (see what was drawn), reset, clone.
+//! The processor trait, the chain, and the selector that ends it. Like llama.cpp's sampler
+//! chain, every step has the same few entry points: apply (logits -> logits), its fused stage,
+//! accept (see what was drawn), reset; the chain ends with the step that selects the token.
+
+use std::any::Any;
 
 use candle_core::Tensor;
+use dyn_clone::DynClone;
 
 use crate::context::SamplingContext;
-use crate::draw::{DrawRule, Drawn};
+use crate::draw::Drawn;
 use crate::error::Result;
+use crate::stage::Stage;
+
+/// Access to a processor as `Any`, for [`Chain::find`]; every `'static` type has it.
+pub trait AsAny: Any {
+    /// `self` as `Any`.
+    fn as_any(&self) -> &dyn Any;
+    /// `self` as mutable `Any`.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Any> AsAny for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
 
 /// One step of the chain: `[rows, vocab]` f32 logits in, logits of the same shape out, on the
 /// same device. Filtered entries are -inf, and a processor never makes a -inf finite again.
-pub trait LogitsProcessor: Send + Sync + std::fmt::Debug {
-    /// A short, stable name (used in errors, benchmarks and the CLI's listing).
+///
+/// `apply` is the plain tensor implementation (the reference, and the fallback on devices
+/// without fused kernels). A processor with a fused form returns it from [`stage`]: then
+/// consecutive stages of a chain run as one fused op per segment. A processor of your own
+/// leaves `stage` at `None` and runs as its `apply` between the fused segments.
+///
+/// [`stage`]: LogitsProcessor::stage
+pub trait LogitsProcessor: AsAny + DynClone + Send + Sync + std::fmt::Debug {
+    /// A short, stable name (errors, benchmarks, the CLI's listing).
     fn name(&self) -> &'static str;
 
     /// Transforms the logits.
     fn apply(&self, logits: &Tensor, ctx: &SamplingContext) -> Result<Tensor>;
 
-    /// Whether [`LogitsProcessor::apply_and_draw`] runs this step and the draw as one fused
-    /// step; a [`crate::Sampler`] whose chain ends with such a step uses it.
-    fn fuses_draw(&self) -> bool {
-        false
+    /// The processor's fused stage, with its own parameters.
+    fn stage(&self) -> Option<Stage> {
+        None
     }
 
-    /// This step followed by the draw; the default runs one after the other.
-    fn apply_and_draw(
-        &self,
-        logits: &Tensor,
-        rule: &DrawRule,
-        ctx: &SamplingContext,
-    ) -> Result<Drawn> {
-        crate::draw::draw(&self.apply(logits, ctx)?, rule, ctx)
-    }
-
-    /// Sees the tokens drawn from this step's distribution (for stateful samplers).
+    /// Sees the tokens drawn from this step's distribution (for stateful processors).
     fn accept(&mut self, _drawn: &Drawn, _ctx: &SamplingContext) -> Result<()> {
         Ok(())
     }
@@ -40,32 +58,45 @@ pub trait LogitsProcessor: Send + Sync + std::fmt::Debug {
     /// Forgets all state, as for a new sequence.
     fn reset(&mut self) {}
 
-    /// Forgets the state of the rows whose entry of the `[rows]` u8 `mask` is 1 (a row slot that
-    /// starts a new sequence); the other rows keep theirs. Stateless processors ignore it.
+    /// Forgets the state of the rows whose entry of the `[rows]` u8 `mask` is 1.
     fn reset_rows(&mut self, _mask: &Tensor) -> Result<()> {
         Ok(())
     }
+}
 
-    /// The processor as `Any`, for the processors that expose more than the trait (state,
-    /// metrics); see [`Chain::find`]. `None` for the others.
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
+dyn_clone::clone_trait_object!(LogitsProcessor);
+
+/// The last step of a sampler: it selects one token per row from the processed logits.
+///
+/// `distribution` is the distribution it draws from (processed logits; the identity for a
+/// plain draw, the truncated row for mirostat), `select` draws from it and updates any state.
+pub trait Selector: AsAny + DynClone + Send + Sync + std::fmt::Debug {
+    /// A short, stable name.
+    fn name(&self) -> &'static str;
+
+    /// The logits the selector draws from.
+    fn distribution(&self, logits: &Tensor, _ctx: &SamplingContext) -> Result<Tensor> {
+        Ok(logits.clone())
+    }
+
+    /// Draws one token per row (plain tensor ops) and updates the selector's state.
+    fn select(&mut self, logits: &Tensor, ctx: &SamplingContext) -> Result<Drawn>;
+
+    /// The selector's fused stage.
+    fn stage(&self) -> Option<Stage> {
         None
     }
 
-    /// Mutable [`LogitsProcessor::as_any`].
-    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
-        None
-    }
+    /// Forgets all state.
+    fn reset(&mut self) {}
 
-    /// A boxed copy, state included.
-    fn clone_box(&self) -> Box<dyn LogitsProcessor>;
-}
-
-impl Clone for Box<dyn LogitsProcessor> {
-    fn clone(&self) -> Self {
-        self.clone_box()
+    /// Forgets the state of the rows whose entry of the `[rows]` u8 `mask` is 1.
+    fn reset_rows(&mut self, _mask: &Tensor) -> Result<()> {
+        Ok(())
     }
 }
+
+dyn_clone::clone_trait_object!(Selector);
 
 /// An ordered list of processors, itself a processor.
 #[derive(Clone, Debug, Default)]
@@ -74,6 +105,7 @@ pub struct Chain {
 }
 
 impl Chain {
+    /// An empty chain.
     pub fn new() -> Self {
         Self::default()
     }
@@ -101,33 +133,40 @@ impl Chain {
         &self.steps
     }
 
+    /// The processors, mutable.
+    pub fn steps_mut(&mut self) -> &mut [Box<dyn LogitsProcessor>] {
+        &mut self.steps
+    }
+
     /// The names of the processors, in order.
     pub fn names(&self) -> Vec<&'static str> {
         self.steps.iter().map(|s| s.name()).collect()
     }
 
+    /// Whether the chain has no processor.
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }
 
+    /// The number of processors.
     pub fn len(&self) -> usize {
         self.steps.len()
     }
 
-    /// The first processor of type `T` (nested chains included), e.g. the
-    /// [`crate::processors::Entropix`] step to read its metrics.
+    /// The first processor of type `T` (nested chains included), e.g. the entropix step to
+    /// read its metrics, or a processor of your own.
     pub fn find<T: 'static>(&self) -> Option<&T> {
         self.steps.iter().find_map(|s| {
-            let any = s.as_any()?;
+            let any = (**s).as_any();
             any.downcast_ref::<T>()
                 .or_else(|| any.downcast_ref::<Chain>()?.find::<T>())
         })
     }
 
-    /// Mutable [`Chain::find`], e.g. the [`crate::processors::Mirostat`] step to set its state.
+    /// Mutable [`Chain::find`].
     pub fn find_mut<T: 'static>(&mut self) -> Option<&mut T> {
         for s in self.steps.iter_mut() {
-            let Some(any) = s.as_any_mut() else { continue };
+            let any = (**s).as_any_mut();
             if any.is::<T>() {
                 return any.downcast_mut::<T>();
             }
@@ -162,17 +201,5 @@ impl LogitsProcessor for Chain {
 
     fn reset_rows(&mut self, mask: &Tensor) -> Result<()> {
         self.steps.iter_mut().try_for_each(|s| s.reset_rows(mask))
-    }
-
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        Some(self)
-    }
-
-    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
-        Some(self)
-    }
-
-    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
-        Box::new(self.clone())
     }
 }

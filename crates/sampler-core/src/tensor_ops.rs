@@ -1,11 +1,12 @@
 //! Small tensor building blocks shared by the processors and the draw.
 //!
-//! candle 0.11 has no top-k, no device sort for long rows and an O(V²) cumsum
-//! (../shared/CANDLE-NOTES.md), so thresholds are found by bisection over each row's own values:
-//! every probe is a comparison and a reduction over `[rows, V]`, and after each probe the bounds
-//! snap to values present in the row, so the search ends on an exact data value.
+//! candle 0.11 has no top-k, no device sort for long rows and an O(V²) cumsum, so thresholds
+//! are found by bisection over each row's own values: every probe is a comparison and a
+//! reduction over `[rows, V]`, and after each probe the bounds snap to values present in the
+//! row, so the search ends on an exact data value. Quantities that decide a cut (log-sum-exp,
+//! masses, entropies) are computed in [`decision_dtype`].
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::Result;
 
@@ -14,8 +15,29 @@ use crate::error::Result;
 /// 2^-48 of the row's range, far below what any real row needs.
 pub(crate) const VALUE_PROBES: usize = 48;
 
+/// The dtype of the decisions of the plain path: f64 where the device has it (Metal has none).
+pub(crate) fn decision_dtype(device: &Device) -> DType {
+    match device {
+        Device::Metal(_) => DType::F32,
+        _ => DType::F64,
+    }
+}
+
 pub(crate) fn full_like(x: &Tensor, v: f32) -> Result<Tensor> {
-    Ok(Tensor::new(v, x.device())?.broadcast_as(x.shape())?)
+    Ok(Tensor::new(v, x.device())?
+        .to_dtype(x.dtype())?
+        .broadcast_as(x.shape())?)
+}
+
+/// Row-wise log-softmax over the last dimension (-inf stays -inf), in `x`'s dtype.
+pub(crate) fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?;
+    Ok(shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(D::Minus1)?.log()?)?)
+}
+
+/// Row-wise probabilities `exp(log_softmax(x))`, in `x`'s dtype.
+pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
+    Ok(log_softmax(x)?.exp()?)
 }
 
 /// `x` with the positions where `mask` is 1 replaced by `v`.
@@ -30,12 +52,17 @@ pub(crate) fn keep_only(x: &Tensor, keep: &Tensor) -> Result<Tensor> {
 
 /// 1 where `x` is finite (not -inf; +inf and NaN are rejected by validation).
 pub(crate) fn finite(x: &Tensor) -> Result<Tensor> {
-    Ok(x.ge(f32::MIN)?)
+    Ok(x.ge(f32::MIN as f64)?)
 }
 
 /// Row-wise number of set entries, `[rows, 1]` f32.
 pub(crate) fn count(mask: &Tensor) -> Result<Tensor> {
     Ok(mask.to_dtype(DType::F32)?.sum_keepdim(D::Minus1)?)
+}
+
+/// Row-wise number of set entries, `[rows, 1]` in `dtype`.
+pub(crate) fn count_as(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    Ok(mask.to_dtype(dtype)?.sum_keepdim(D::Minus1)?)
 }
 
 /// Row-wise minimum over the entries where `mask` is set (+inf where none).
@@ -106,6 +133,8 @@ pub(crate) fn top_p_keep(x: &Tensor, probs: &Tensor, p: &Tensor) -> Result<Tenso
     let m = masked_sum(probs, &above)?;
     let q = masked_max(probs, &tie)?;
     let allowed = ((p - &m)? / &q)?.floor()?.affine(1.0, 1.0)?;
+    // A NaN (no tie group) keeps nothing extra; counts fit f32 exactly.
+    let allowed = allowed.to_dtype(DType::F32)?;
     let first_ties = first_set_by_id(&tie, &allowed)?;
     Ok((above + first_ties)?.gt(0u8)?)
 }
@@ -115,6 +144,8 @@ pub(crate) fn first_set_by_id(mask: &Tensor, n: &Tensor) -> Result<Tensor> {
     let (rows, v) = mask.dims2()?;
     let ids = Tensor::arange(0f32, v as f32, mask.device())?.unsqueeze(0)?;
     let n = n.minimum(&count(mask)?)?;
+    // NaN (0 / 0 for an empty tie group) counts as none.
+    let n = n.ne(&n)?.where_cond(&n.zeros_like()?, &n)?;
     // The smallest b with count(mask & id < b) >= n, by integer bisection over [0, v].
     let mut lo = Tensor::zeros((rows, 1), DType::F32, mask.device())?;
     let mut hi = Tensor::full(v as f32, (rows, 1), mask.device())?;
@@ -218,8 +249,8 @@ mod top_p_search_tests {
         // The cut falls between two values whose midpoint probes land on one side repeatedly.
         let l: Vec<f32> = [0.1f32, 0.4, 0.2, 0.3].iter().map(|p| p.ln()).collect();
         let x = Tensor::from_vec(l, (1, 4), &Device::Cpu)?;
-        let probs = candle_nn::ops::softmax_last_dim(&x)?;
-        let p = Tensor::new(&[[0.5f32]], &Device::Cpu)?;
+        let probs = softmax(&x.to_dtype(DType::F64)?)?;
+        let p = Tensor::new(&[[0.5f64]], &Device::Cpu)?;
         assert_eq!(
             top_p_keep(&x, &probs, &p)?.to_vec2::<u8>()?,
             vec![vec![0, 1, 0, 1]]

@@ -1,5 +1,5 @@
-//! What the CUDA and Metal implementations share: the kernel sources (kernels/ at the repository
-//! root, built into the crate so that nothing is read from disk at run time), the argument
+//! What the CUDA and Metal implementations share: the kernel sources (the crate's kernels/ folder,
+//! built into the crate so that nothing is read from disk at run time), the argument
 //! checks that turn layouts into (start offset, row stride) pairs, and the block size.
 //!
 //! Every kernel reads its inputs through a pointer to the first element and a row stride in
@@ -11,15 +11,15 @@
 use candle_core::{Layout, Result};
 
 /// The per-row algorithms, written once for CUDA, Metal and the host test harness.
-pub(crate) const COMMON_H: &str = include_str!("../../../kernels/sampling_common.h");
+pub(crate) const COMMON_H: &str = include_str!("../kernels/sampling_common.h");
 
 /// The CUDA entry points (thin wrappers over [`COMMON_H`]).
 #[cfg(feature = "cuda")]
-pub(crate) const CUDA_SRC: &str = include_str!("../../../kernels/sampling.cu");
+pub(crate) const CUDA_SRC: &str = include_str!("../kernels/sampling.cu");
 
 /// The Metal entry points (thin wrappers over [`COMMON_H`]).
 #[cfg(feature = "metal")]
-pub(crate) const METAL_SRC: &str = include_str!("../../../kernels/sampling.metal");
+pub(crate) const METAL_SRC: &str = include_str!("../kernels/sampling.metal");
 
 /// The source handed to the run-time compiler: the header's text, then the entry points. The
 /// entry file's `#include "sampling_common.h"` sits behind the header's include guard, so the
@@ -125,6 +125,33 @@ pub(crate) fn block_threads(work: usize, max: usize) -> usize {
 /// A value that a kernel takes as u32.
 pub(crate) fn as_u32(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what} {v} does not fit in u32")))
+}
+
+/// Whether the CUDA kernels run every stage of `stages` (as one segment).
+pub(crate) fn cuda_supports(stages: &[crate::spec::StageId]) -> bool {
+    cfg!(feature = "cuda") && crate::gpu_ops::cuda_plan(stages).is_some()
+}
+
+/// Runs a segment on CUDA; also returns the number of kernel launches.
+pub(crate) fn cuda_segment(
+    program: &crate::spec::Program,
+    inp: &crate::segment::SegmentInput<'_>,
+    emit: crate::segment::Emit,
+    rows: usize,
+    vocab: usize,
+) -> crate::error::Result<(crate::segment::SegmentOutput, u64)> {
+    crate::gpu_ops::cuda_segment(program, inp, emit, rows, vocab)
+}
+
+/// Runs a selecting segment on CUDA and appends the tokens (see `run_segment_append`).
+pub(crate) fn cuda_segment_append(
+    program: &crate::spec::Program,
+    inp: &crate::segment::SegmentInput<'_>,
+    append: crate::segment::Append<'_>,
+    rows: usize,
+    vocab: usize,
+) -> crate::error::Result<(crate::segment::SegmentOutput, crate::segment::Appended, u64)> {
+    crate::gpu_ops::cuda_segment_append(program, inp, append, rows, vocab)
 }
 
 #[cfg(test)]

@@ -34,8 +34,18 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 /// The uniform in [0, 1) of one draw: key = seed, counter = (step, row id, 0). The top 24 bits of
 /// the first output word make an f32 with every value exactly representable.
 pub fn philox_uniform(seed: u64, row_id: u32, step: u64) -> f32 {
+    philox_uniform_lane(seed, row_id, step, 0)
+}
+
+/// The Philox counter lane of XTC's coin; the draw uses lane 0.
+pub const XTC_LANE: u32 = 1;
+
+/// A uniform in [0, 1) on a side stream: counter = (step, row id, 0, lane). Lane 0 is the draw's
+/// own stream ([`philox_uniform`]); a stage that needs its own coin per row (XTC) uses another
+/// lane, so the draw's numbers stay the same whether or not that stage is in the chain.
+pub fn philox_uniform_lane(seed: u64, row_id: u32, step: u64, lane: u32) -> f32 {
     let out = philox4x32_10(
-        [step as u32, (step >> 32) as u32, row_id, 0],
+        [step as u32, (step >> 32) as u32, row_id, lane],
         [seed as u32, (seed >> 32) as u32],
     );
     (out[0] >> 8) as f32 * (1.0 / 16_777_216.0)

@@ -52,7 +52,7 @@ fn build(lang: Lang) -> PathBuf {
     let status = Command::new(&compiler)
         .args(std_args)
         .args(["-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-I"])
-        .arg(root.join("kernels"))
+        .arg(root.join("crates/sampler-kernels/kernels"))
         .arg(&src)
         .arg("-o")
         .arg(&out)

@@ -1,14 +1,21 @@
 //! Token bans and logit bias.
 //!
-//! `BanTokens` sets the listed ids to -inf (the NAR stage bans the stop token this way, SPEC §4);
-//! `LogitBias` adds a fixed bias per token (OpenAI / HF `logit_bias`). Ids must be below the
-//! vocabulary size.
+//! `BanTokens` sets the listed ids to -inf (the NAR stage bans the stop token this way);
+//! `LogitBias` adds a fixed bias per token (the OpenAI / HF `logit_bias`; -inf stays -inf).
+//! Ids must be below the vocabulary size, which is checked when the logits arrive.
+//!
+//! Parameters: `ban_tokens` (ids), `logit_bias` (`{"id": finite bias}`). Off when empty.
+
+use std::sync::Arc;
 
 use candle_core::Tensor;
+use sampler_kernels::spec::StageOp;
 
 use crate::context::SamplingContext;
-use crate::error::Result;
+use crate::error::{invalid, Result};
+use crate::param::RowParam;
 use crate::processor::LogitsProcessor;
+use crate::stage::{Stage, LAST_ID};
 use crate::tensor_ops::fill_where;
 use crate::vocab_cache::{one_hot_row, VocabCache};
 
@@ -65,8 +72,12 @@ impl LogitsProcessor for BanTokens {
         )
     }
 
-    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
-        Box::new(self.clone())
+    fn stage(&self) -> Option<Stage> {
+        let mut ids = self.ids.clone();
+        if self.last {
+            ids.push(LAST_ID);
+        }
+        Some(Stage::new(StageOp::<RowParam>::Ban(Arc::from(ids))))
     }
 }
 
@@ -78,11 +89,30 @@ pub struct LogitBias {
 }
 
 impl LogitBias {
-    pub fn new(bias: Vec<(u32, f32)>) -> Self {
-        Self {
+    /// `(id, bias)` entries, each bias finite; an id listed twice gets the sum (in order).
+    pub fn new(bias: Vec<(u32, f32)>) -> Result<Self> {
+        if let Some((id, b)) = bias.iter().find(|(_, b)| !b.is_finite()) {
+            return Err(invalid(
+                "logit_bias",
+                format!("bias {b} of token {id} is not finite"),
+            ));
+        }
+        Ok(Self {
             bias,
             row: VocabCache::default(),
+        })
+    }
+
+    /// The entries with each id once, the biases of repeated ids summed in order.
+    fn summed(&self) -> Vec<(u32, f32)> {
+        let mut out: Vec<(u32, f32)> = Vec::new();
+        for &(id, b) in &self.bias {
+            match out.iter_mut().find(|e| e.0 == id) {
+                Some(e) => e.1 += b,
+                None => out.push((id, 0.0 + b)),
+            }
         }
+        out
     }
 }
 
@@ -95,7 +125,7 @@ impl LogitsProcessor for LogitBias {
         let vocab = logits.dim(1)?;
         let row = self.row.get(vocab, logits.device(), || {
             let mut row = vec![0f32; vocab];
-            for &(id, b) in &self.bias {
+            for &(id, b) in &self.summed() {
                 if id as usize >= vocab {
                     return Err(crate::SamplerError::TokenOutOfRange {
                         what: "logit_bias",
@@ -103,15 +133,17 @@ impl LogitsProcessor for LogitBias {
                         vocab,
                     });
                 }
-                row[id as usize] += b;
+                row[id as usize] = b;
             }
             Ok(Tensor::from_vec(row, (1, vocab), logits.device())?)
         })?;
         Ok(logits.broadcast_add(&row)?)
     }
 
-    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
-        Box::new(self.clone())
+    fn stage(&self) -> Option<Stage> {
+        Some(Stage::new(StageOp::<RowParam>::LogitBias(Arc::from(
+            self.summed(),
+        ))))
     }
 }
 
@@ -131,18 +163,23 @@ mod tests {
     }
 
     #[test]
-    fn out_of_vocab_ids_are_errors() {
+    fn out_of_vocab_ids_and_non_finite_biases_are_errors() {
         let x = t2(&[&[1.0, 2.0]]);
         let err = BanTokens::new(vec![2]).apply(&x, &ctx()).unwrap_err();
         assert!(err.to_string().contains("out of range"), "{err}");
-        assert!(LogitBias::new(vec![(5, 1.0)]).apply(&x, &ctx()).is_err());
+        assert!(LogitBias::new(vec![(5, 1.0)])
+            .unwrap()
+            .apply(&x, &ctx())
+            .is_err());
+        assert!(LogitBias::new(vec![(0, f32::NAN)]).is_err());
     }
 
     #[test]
-    fn bias_adds_and_keeps_neg_inf() -> Result<()> {
+    fn bias_adds_sums_repeats_and_keeps_neg_inf() -> Result<()> {
         let x = t2(&[&[1.0, f32::NEG_INFINITY, 0.5]]);
-        let y = LogitBias::new(vec![(0, -2.0), (1, 3.0), (2, 0.25)]).apply(&x, &ctx())?;
-        assert_eq!(rows(&y), vec![vec![-1.0, f32::NEG_INFINITY, 0.75]]);
+        let b = LogitBias::new(vec![(0, -2.0), (1, 3.0), (2, 0.25), (0, 0.5)])?;
+        let y = b.apply(&x, &ctx())?;
+        assert_eq!(rows(&y), vec![vec![-0.5, f32::NEG_INFINITY, 0.75]]);
         Ok(())
     }
 }

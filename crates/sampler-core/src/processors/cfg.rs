@@ -11,16 +11,21 @@
 //!
 //! The formula is applied to the values as given (the caller may pass log-softmaxed logits for
 //! the HF form; the two differ by a per-row constant). A token that is -inf in either input is
-//! -inf in the output.
+//! -inf in the output. The standard deviations are f64 (N - 1).
+//!
+//! Parameters: `cfg_strength` (finite; 1 is off), `cfg_rescale` in [0, 1] (0 is off).
 
 use candle_core::{DType, Tensor};
+use sampler_kernels::spec::{row, StageOp};
 
 use crate::context::SamplingContext;
 use crate::error::{Result, SamplerError};
-use crate::param::RowParam;
+use crate::param::{range, RowParam};
 use crate::processor::LogitsProcessor;
-use crate::tensor_ops::{count, finite, full_like, masked_sum};
+use crate::stage::Stage;
+use crate::tensor_ops::{count_as, decision_dtype, finite, full_like, masked_sum};
 
+/// Pushes the logits away from the unconditional prediction.
 #[derive(Clone, Debug)]
 pub struct ClassifierFreeGuidance {
     strength: RowParam,
@@ -31,18 +36,26 @@ impl ClassifierFreeGuidance {
     /// `strength` finite (1 = off), `rescale` in [0, 1] (0 = off).
     pub fn new(strength: impl Into<RowParam>, rescale: impl Into<RowParam>) -> Result<Self> {
         let (strength, rescale) = (strength.into(), rescale.into());
-        strength.check("cfg_strength", "finite", f32::is_finite)?;
-        rescale.check("cfg_rescale", "in [0, 1]", |v| (0.0..=1.0).contains(&v))?;
+        strength.check("cfg_strength", "finite", range::finite)?;
+        rescale.check("cfg_rescale", "in [0, 1]", range::unit)?;
         Ok(Self { strength, rescale })
+    }
+
+    /// Whether the strength is off (1) for every row.
+    pub fn is_off(strength: &RowParam) -> bool {
+        strength.is_scalar_and(|v| v == 1.0)
     }
 }
 
-/// Row-wise standard deviation over the entries where `mask` is set, `[rows, 1]`.
+/// Row-wise standard deviation (N - 1) over the entries where `mask` is set, `[rows, 1]`, in
+/// the decision dtype.
 fn masked_std(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let n = count(mask)?;
-    let mean = (masked_sum(x, mask)? / &n)?;
+    let dt = decision_dtype(x.device());
+    let x = x.to_dtype(dt)?;
+    let n = count_as(mask, dt)?;
+    let mean = (masked_sum(&x, mask)? / &n)?;
     let dev2 = x.broadcast_sub(&mean)?.sqr()?;
-    Ok((masked_sum(&dev2, mask)? / (n - 1.0)?.maximum(1f32)?)?.sqrt()?)
+    Ok((masked_sum(&dev2, mask)? / (n - 1.0)?.maximum(1f64)?)?.sqrt()?)
 }
 
 impl LogitsProcessor for ClassifierFreeGuidance {
@@ -52,7 +65,7 @@ impl LogitsProcessor for ClassifierFreeGuidance {
 
     fn apply(&self, logits: &Tensor, ctx: &SamplingContext) -> Result<Tensor> {
         let null = ctx.null_logits().ok_or_else(|| {
-            SamplerError::Shape("classifier-free guidance needs the null logits (SamplingContext::with_null_logits, CLI --null-logits)".into())
+            SamplerError::MissingInput("classifier-free guidance needs the null logits (SamplingContext::with_null_logits, CLI --null-logits)".into())
         })?;
         if null.dims() != logits.dims() {
             return Err(SamplerError::Shape(format!(
@@ -62,23 +75,7 @@ impl LogitsProcessor for ClassifierFreeGuidance {
             )));
         }
         let null = null.to_device(logits.device())?.to_dtype(DType::F32)?;
-        if ctx.validate() {
-            let bad = null
-                .ne(&null)?
-                .to_dtype(DType::F32)?
-                .sum_all()?
-                .to_scalar::<f32>()?
-                + null
-                    .eq(f32::INFINITY)?
-                    .to_dtype(DType::F32)?
-                    .sum_all()?
-                    .to_scalar::<f32>()?;
-            if bad > 0.0 {
-                return Err(SamplerError::Shape(
-                    "null logits contain NaN or +inf".into(),
-                ));
-            }
-        }
+        crate::sampler::check_finite(&null, "null logits")?;
         let rows = logits.dim(0)?;
         let dev = logits.device();
         let strength = self.strength.column(rows, dev)?;
@@ -88,17 +85,24 @@ impl LogitsProcessor for ClassifierFreeGuidance {
         let null0 = both.where_cond(&null, &full_like(&null, 0.0)?)?;
         let guided = (&null0 + (&pos0 - &null0)?.broadcast_mul(&strength)?)?;
         let rescale = self.rescale.column(rows, dev)?;
-        let ratio = (masked_std(&pos0, &both)? / masked_std(&guided, &both)?)?;
+        let ratio = (masked_std(&pos0, &both)? / masked_std(&guided, &both)?)?.to_dtype(DType::F32)?;
         // A constant row has std 0: keep its guided values.
         let ratio = finite_or_one(&ratio)?;
         let rescaled = guided.broadcast_mul(&ratio)?;
         let mixed = (rescaled.broadcast_mul(&rescale)?
             + guided.broadcast_mul(&rescale.affine(-1.0, 1.0)?)?)?;
+        let mixed = rescale
+            .ne(0f32)?
+            .broadcast_as(mixed.shape())?
+            .where_cond(&mixed, &guided)?;
         Ok(both.where_cond(&mixed, &full_like(logits, f32::NEG_INFINITY)?)?)
     }
 
-    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
-        Box::new(self.clone())
+    fn stage(&self) -> Option<Stage> {
+        Some(Stage::new(StageOp::Cfg(row::Cfg {
+            strength: self.strength.clone(),
+            rescale: self.rescale.clone(),
+        })))
     }
 }
 

@@ -1,5 +1,5 @@
 //! DRY, "don't repeat yourself" (p-e-w; the canonical algorithm of text-generation-webui and
-//! llama.cpp), SPEC §4.
+//! llama.cpp).
 //!
 //! Within the last `window` tokens of a row's history (0 = all of it), for every earlier
 //! position where a suffix of the history occurred before, the token that followed that
@@ -21,15 +21,53 @@
 //! the same value, so the result does not depend on the backend's write order. The default
 //! `max_match` is 50, text-generation-webui's cap (llama.cpp has none, so the two differ only
 //! for repeats longer than 50 tokens).
+//!
+//! Parameters: `dry_multiplier` (>= 0; 0 is off), `dry_base` (>= 1), `dry_allowed_length` and
+//! `dry_penalty_last_n` (counts), `dry_sequence_breakers` (ids).
+
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
+use sampler_kernels::spec::{row, DryTables, StageOp};
 
+use crate::config::Knob;
 use crate::context::SamplingContext;
 use crate::error::{invalid, Result};
-use crate::param::RowParam;
+use crate::param::{range, RowParam};
 use crate::processor::LogitsProcessor;
+use crate::stage::Stage;
 use crate::tensor_ops::masked_min;
 use crate::vocab_cache::{one_hot_row, VocabCache};
+
+/// DRY's parameters.
+#[derive(Clone, Debug)]
+pub struct DryParams {
+    /// The strength, >= 0; 0 = off.
+    pub multiplier: RowParam,
+    /// The base of the exponential, >= 1.
+    pub base: RowParam,
+    /// Repeats shorter than this are free.
+    pub allowed_length: RowParam,
+    /// The window in tokens; 0 = the whole history.
+    pub window: RowParam,
+    /// Token ids that stop a match.
+    pub breakers: Vec<u32>,
+    /// The longest match counted (>= 1).
+    pub max_match: usize,
+}
+
+impl Default for DryParams {
+    fn default() -> Self {
+        Self {
+            multiplier: Knob::DryMultiplier.default_value().into(),
+            base: Knob::DryBase.default_value().into(),
+            allowed_length: Knob::DryAllowedLength.default_value().into(),
+            window: Knob::DryPenaltyLastN.default_value().into(),
+            breakers: Vec::new(),
+            max_match: DEFAULT_MAX_MATCH,
+        }
+    }
+}
 
 /// The default cap on a match length.
 pub const DEFAULT_MAX_MATCH: usize = 50;
@@ -37,6 +75,7 @@ pub const DEFAULT_MAX_MATCH: usize = 50;
 /// `ln(f32::MAX)`: the exponent clamp is this over `ln(base)`.
 const FLOAT_MAX_LOG: f32 = 88.722_84;
 
+/// Penalises the tokens that would extend a repeat of the history.
 #[derive(Clone, Debug)]
 pub struct Dry {
     multiplier: RowParam,
@@ -49,42 +88,45 @@ pub struct Dry {
 }
 
 impl Dry {
-    /// `multiplier` >= 0 (0 = off), `base` >= 1, `allowed_length` and `window` counts >= 0
-    /// (window 0 = the whole history), `breakers` token ids.
-    pub fn new(
-        multiplier: impl Into<RowParam>,
-        base: impl Into<RowParam>,
-        allowed_length: impl Into<RowParam>,
-        window: impl Into<RowParam>,
-        breakers: Vec<u32>,
-    ) -> Result<Self> {
-        let (multiplier, base) = (multiplier.into(), base.into());
-        let (allowed_length, window) = (allowed_length.into(), window.into());
-        multiplier.check("dry_multiplier", ">= 0 and finite", |v| {
-            v >= 0.0 && v.is_finite()
-        })?;
+    /// Validates the parameters.
+    pub fn new(params: DryParams) -> Result<Self> {
+        let DryParams {
+            multiplier,
+            base,
+            allowed_length,
+            window,
+            breakers,
+            max_match,
+        } = params;
+        multiplier.check("dry_multiplier", ">= 0 and finite", range::non_negative)?;
         base.check("dry_base", ">= 1 and finite", |v| v >= 1.0 && v.is_finite())?;
-        let count = |v: f32| v >= 0.0 && v.fract() == 0.0 && v.is_finite();
-        allowed_length.check("dry_allowed_length", "a count >= 0", count)?;
-        window.check("dry_penalty_last_n", "a count >= 0", count)?;
+        allowed_length.check("dry_allowed_length", "a count >= 0", range::count)?;
+        window.check("dry_penalty_last_n", "a count >= 0", range::count)?;
+        if max_match == 0 || max_match > u32::MAX as usize {
+            return Err(invalid("dry max_match", "must be in [1, 2^32)"));
+        }
         Ok(Self {
             multiplier,
             base,
             allowed_length,
             window,
             breakers,
-            max_match: DEFAULT_MAX_MATCH,
+            max_match,
             breaker_row: VocabCache::default(),
         })
     }
 
-    /// Sets the cap on a match length (>= 1); also the number of device rounds.
-    pub fn with_max_match(mut self, max_match: usize) -> Result<Self> {
-        if max_match == 0 {
-            return Err(invalid("dry max_match", "must be >= 1"));
-        }
-        self.max_match = max_match;
-        Ok(self)
+    /// DRY with a multiplier and everything else at its default.
+    pub fn with_multiplier(multiplier: impl Into<RowParam>) -> Result<Self> {
+        Self::new(DryParams {
+            multiplier: multiplier.into(),
+            ..Default::default()
+        })
+    }
+
+    /// Whether the multiplier is off (0) for every row.
+    pub fn is_off(multiplier: &RowParam) -> bool {
+        multiplier.is_scalar_and(|v| v == 0.0)
     }
 
     /// `[rows, vocab]` f32 penalties (0 where none), or `None` without a usable history.
@@ -198,8 +240,19 @@ impl LogitsProcessor for Dry {
         }
     }
 
-    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
-        Box::new(self.clone())
+    fn stage(&self) -> Option<Stage> {
+        Some(Stage::new(StageOp::Dry(
+            row::Dry {
+                multiplier: self.multiplier.clone(),
+                base: self.base.clone(),
+                allowed_length: self.allowed_length.clone(),
+                window: self.window.clone(),
+            },
+            DryTables {
+                breakers: Arc::from(self.breakers.clone()),
+                max_match: self.max_match as u32,
+            },
+        )))
     }
 }
 
@@ -208,8 +261,19 @@ mod tests {
     use super::*;
     use crate::test_util::{ctx_with_history, rows, t2};
 
+    fn dry5(m: f32, base: f32, allowed: f32, window: f32, breakers: Vec<u32>) -> Result<Dry> {
+        Dry::new(DryParams {
+            multiplier: m.into(),
+            base: base.into(),
+            allowed_length: allowed.into(),
+            window: window.into(),
+            breakers,
+            max_match: DEFAULT_MAX_MATCH,
+        })
+    }
+
     fn probs(y: &Tensor) -> Vec<Vec<f32>> {
-        rows(&candle_nn::ops::softmax_last_dim(y).unwrap())
+        rows(&crate::tensor_ops::softmax(y).unwrap())
     }
 
     fn uniform(v: usize) -> Vec<f32> {
@@ -237,15 +301,28 @@ mod tests {
     }
 
     impl Params {
+        fn params(&self) -> DryParams {
+            let p = self.clone();
+            DryParams {
+                multiplier: p.mult.into(),
+                base: p.base.into(),
+                allowed_length: (p.allowed as f32).into(),
+                window: (p.window as f32).into(),
+                breakers: p.breakers,
+                max_match: DEFAULT_MAX_MATCH,
+            }
+        }
+
         fn dry(&self) -> Dry {
             let p = self.clone();
-            Dry::new(
-                p.mult,
-                p.base,
-                p.allowed as f32,
-                p.window as f32,
-                p.breakers,
-            )
+            Dry::new(DryParams {
+                multiplier: p.mult.into(),
+                base: p.base.into(),
+                allowed_length: (p.allowed as f32).into(),
+                window: (p.window as f32).into(),
+                breakers: p.breakers,
+                max_match: DEFAULT_MAX_MATCH,
+            })
             .unwrap()
         }
     }
@@ -370,7 +447,10 @@ mod tests {
                 window,
                 &breakers,
             );
-            let dry = p.dry().with_max_match(cap)?;
+            let dry = Dry::new(DryParams {
+                max_match: cap,
+                ..p.params()
+            })?;
             let x = Tensor::zeros((rows, vocab), DType::F32, &candle_core::Device::Cpu)?;
             let got = rows_of(dry.penalties(&x, &ctx_with_history(&hists))?, rows, vocab);
             for (r, h) in hists.iter().enumerate() {
@@ -405,7 +485,7 @@ mod tests {
         // "2 3" before 5 (length 2).
         let x = Tensor::zeros((1, 10), DType::F32, &candle_core::Device::Cpu)?;
         let c = ctx_with_history(&[vec![1, 2, 3, 9, 2, 3, 5, 1, 2, 3]]);
-        let p = Dry::new(1.0, 2.0, 2.0, 0.0, vec![])?
+        let p = dry5(1.0, 2.0, 2.0, 0.0, vec![])?
             .penalties(&x, &c)?
             .unwrap()
             .to_vec2::<f32>()?;
@@ -414,7 +494,7 @@ mod tests {
         assert_eq!(p[0].iter().filter(|&&v| v != 0.0).count(), 2);
         // base 1e30, allowed 0: the clamp floor(88.72 / ln 1e30) = 1 caps both exponents (3 and
         // 2) at 1, so the penalty is 1e30, not the 1e90 = inf of the raw power.
-        let p = Dry::new(1.0, 1e30, 0.0, 0.0, vec![])?
+        let p = dry5(1.0, 1e30, 0.0, 0.0, vec![])?
             .penalties(&x, &c)?
             .unwrap()
             .to_vec2::<f32>()?;
@@ -422,7 +502,7 @@ mod tests {
             assert!((p[0][t] / 1e30 - 1.0).abs() < 1e-4, "{}", p[0][t]);
         }
         // A huge multiplier saturates at f32::MAX instead of inf.
-        let p = Dry::new(1e30, 1e30, 0.0, 0.0, vec![])?
+        let p = dry5(1e30, 1e30, 0.0, 0.0, vec![])?
             .penalties(&x, &c)?
             .unwrap()
             .to_vec2::<f32>()?;
@@ -432,13 +512,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_parameters_and_breaker_ids() {
-        assert!(Dry::new(-1.0, 1.75, 2.0, 0.0, vec![]).is_err());
-        assert!(Dry::new(1.0, 0.5, 2.0, 0.0, vec![]).is_err());
-        assert!(Dry::new(1.0, 1.75, -1.0, 0.0, vec![]).is_err());
-        assert!(Dry::new(1.0, 1.75, 2.0, 1.5, vec![]).is_err());
+        assert!(dry5(-1.0, 1.75, 2.0, 0.0, vec![]).is_err());
+        assert!(dry5(1.0, 0.5, 2.0, 0.0, vec![]).is_err());
+        assert!(dry5(1.0, 1.75, -1.0, 0.0, vec![]).is_err());
+        assert!(dry5(1.0, 1.75, 2.0, 1.5, vec![]).is_err());
         let x = t2(&[&[0.0, 0.0]]);
         let c = ctx_with_history(&[vec![0, 1, 0]]);
-        assert!(Dry::new(1.0, 1.75, 2.0, 0.0, vec![5])
+        assert!(dry5(1.0, 1.75, 2.0, 0.0, vec![5])
             .unwrap()
             .apply(&x, &c)
             .is_err());

@@ -23,9 +23,11 @@
 //! | 4 `Adaptive` (the rest) | | T = t (1 + 0.3 (H + V) + 0.2 (attn_entropy + attn_varentropy) - 0.2 agreement), top-p = clip(p (1 + 0.1 attn_varentropy), 0.1, 1), top-k = clip(round(k (1 + 0.3 interaction - 0.2 agreement)), 1, 100), min-p = clip(mp (1 - 0.5 (H + V)), 0.01, 0.5), then best of n = 5 |
 //!
 //! `t, k, p, mp` are the base temperature 0.666, top-k 27, top-p 0.9 and min-p 0.03. Where a
-//! state samples, the row is divided by T, then min-p, top-k and top-p filter it in that order,
-//! each with this crate's semantics (SPEC §4). The reference's `_sample` computes a min-p mask it
-//! never applies and cuts top-p over the ascending order; we apply both as documented instead.
+//! state samples, the row is divided by T, then min-p (`l - max >= ln mp`, f64, no protected
+//! tokens), top-k and top-p filter it in that order, each with this crate's semantics. The
+//! reference's `_sample` computes a min-p mask it never applies and cuts top-p over the
+//! ascending order; we apply both as documented instead. Entropy, varentropy and the masses of
+//! the filters are f64.
 //!
 //! Best of n: the reference draws n tokens and keeps the one with the highest log-probability
 //! (its confidence bonus is the same for all n candidates, so it never changes the choice). That
@@ -38,18 +40,26 @@
 //!
 //! Entropix is the last step before the draw (it sets its own temperature and filters: leave
 //! the chain's at their defaults); the draw is multinomial (an `Argmax` row has one token left).
-
-use std::sync::Mutex;
+//!
+//! Parameters: `entropix` (a switch; the thresholds are an [`EntropixConfig`], the reference's
+//! by default).
 
 use candle_core::{DType, Tensor, D};
+use sampler_kernels::spec::{entropix_metric as em, StageOp, ENTROPIX_BEST_OF_SUPPORT};
+
+/// Every threshold and coefficient of the decision; the defaults are the reference's. The
+/// clarifying token is a float id, -1 for none (then the Clarify state samples).
+pub use sampler_kernels::spec::EntropixParams as EntropixConfig;
 
 use crate::context::SamplingContext;
-use crate::error::{Result, SamplerError};
+use crate::error::{invalid, Result, SamplerError};
+use crate::param::RowParam;
 use crate::processor::LogitsProcessor;
-use crate::processors::typical_p::log_softmax;
 use crate::sort_ops::sorted_head;
+use crate::stage::{Sink, Slot, Stage};
 use crate::tensor_ops::{
-    argmax_lowest, count, finite, full_like, keep_only, kth_largest, masked_sum, top_p_keep,
+    argmax_lowest, count, count_as, decision_dtype, finite, full_like, keep_only, kth_largest,
+    log_softmax, masked_sum, softmax, top_p_keep,
 };
 
 const LN_2: f64 = std::f64::consts::LN_2;
@@ -58,120 +68,26 @@ const LN_2: f64 = std::f64::consts::LN_2;
 const MIN_T: f32 = 1e-6;
 
 /// The best-of-n support: the adaptive state's top-k is clipped to this.
-const BEST_OF_SUPPORT: usize = 100;
+const BEST_OF_SUPPORT: usize = ENTROPIX_BEST_OF_SUPPORT;
 
-/// Every threshold and coefficient of the decision; the defaults are the reference's.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EntropixConfig {
-    pub temperature: f32,
-    pub top_p: f32,
-    pub top_k: f32,
-    pub min_p: f32,
-    pub low_entropy: f32,
-    pub low_varentropy: f32,
-    pub medium_entropy: f32,
-    pub high_entropy: f32,
-    pub high_varentropy: f32,
-    pub helv_attn_ent_offset: f32,
-    pub helv_attn_ent_coef: f32,
-    pub helv_max_temperature: f32,
-    pub lehv_interaction_strength_offset: f32,
-    pub lehv_interaction_strength_coef: f32,
-    pub lehv_max_temperature: f32,
-    pub lehv_top_k_agreement_coef: f32,
-    pub lehv_min_top_k: f32,
-    pub hehv_attn_ent_coef: f32,
-    pub hehv_attn_vent_offset: f32,
-    pub hehv_attn_vent_coef: f32,
-    pub hehv_min_temperature: f32,
-    pub hehv_min_top_p: f32,
-    pub n_adaptive_samples: usize,
-    pub ada_temp_logits: f32,
-    pub ada_temp_attn: f32,
-    pub ada_temp_agree: f32,
-    pub ada_top_p: f32,
-    pub ada_min_top_p: f32,
-    pub ada_top_k_int: f32,
-    pub ada_top_k_agree: f32,
-    pub ada_max_top_k: f32,
-    pub ada_min_p: f32,
-    pub ada_min_min_p: f32,
-    pub ada_max_min_p: f32,
-    /// The reference's "ask a clarifying question" token (2564 in its Llama 3 vocabulary);
-    /// `None` (default) skips the insertion and samples the state instead.
-    pub clarifying_token: Option<u32>,
-}
-
-impl Default for EntropixConfig {
-    fn default() -> Self {
-        Self {
-            temperature: 0.666,
-            top_p: 0.90,
-            top_k: 27.0,
-            min_p: 0.03,
-            low_entropy: 0.1,
-            low_varentropy: 0.1,
-            medium_entropy: 3.0,
-            high_entropy: 5.0,
-            high_varentropy: 5.0,
-            helv_attn_ent_offset: 1.3,
-            helv_attn_ent_coef: 0.2,
-            helv_max_temperature: 1.5,
-            lehv_interaction_strength_offset: 1.2,
-            lehv_interaction_strength_coef: 0.3,
-            lehv_max_temperature: 1.5,
-            lehv_top_k_agreement_coef: 0.5,
-            lehv_min_top_k: 5.0,
-            hehv_attn_ent_coef: 0.2,
-            hehv_attn_vent_offset: 2.0,
-            hehv_attn_vent_coef: 0.5,
-            hehv_min_temperature: 2.0,
-            hehv_min_top_p: 0.5,
-            n_adaptive_samples: 5,
-            ada_temp_logits: 0.3,
-            ada_temp_attn: 0.2,
-            ada_temp_agree: 0.2,
-            ada_top_p: 0.1,
-            ada_min_top_p: 0.1,
-            ada_top_k_int: 0.3,
-            ada_top_k_agree: 0.2,
-            ada_max_top_k: BEST_OF_SUPPORT as f32,
-            ada_min_p: 0.5,
-            ada_min_min_p: 0.01,
-            ada_max_min_p: 0.5,
-            clarifying_token: None,
-        }
+fn validate_config(c: &EntropixConfig) -> Result<()> {
+    let bad = |what: &str| Err(invalid("entropix", what.to_string()));
+    if c.words().iter().any(|v| !v.is_finite()) {
+        return bad("every threshold and coefficient must be finite");
     }
-}
-
-impl EntropixConfig {
-    fn validate(&self) -> Result<()> {
-        let bad = |what: &str| Err(crate::error::invalid("entropix", what.to_string()));
-        let all = [
-            self.temperature,
-            self.top_p,
-            self.top_k,
-            self.min_p,
-            self.low_entropy,
-            self.low_varentropy,
-            self.medium_entropy,
-            self.high_entropy,
-            self.high_varentropy,
-        ];
-        if all.iter().any(|v| !v.is_finite()) {
-            return bad("every threshold and base value must be finite");
-        }
-        if self.temperature <= 0.0 || !(0.0..=1.0).contains(&self.top_p) || self.top_k < 1.0 {
-            return bad("base temperature must be > 0, top_p in [0, 1], top_k >= 1");
-        }
-        if self.n_adaptive_samples == 0 {
-            return bad("n_adaptive_samples must be >= 1");
-        }
-        if self.ada_max_top_k > BEST_OF_SUPPORT as f32 {
-            return bad("ada_max_top_k must be <= 100 (the best-of-n support)");
-        }
-        Ok(())
+    if c.temperature <= 0.0 || !(0.0..=1.0).contains(&c.top_p) || c.top_k < 1.0 {
+        return bad("base temperature must be > 0, top_p in [0, 1], top_k >= 1");
     }
+    if c.n_adaptive_samples < 1.0 || c.n_adaptive_samples.fract() != 0.0 {
+        return bad("n_adaptive_samples must be an integer >= 1");
+    }
+    if c.ada_max_top_k > BEST_OF_SUPPORT as f32 {
+        return bad("ada_max_top_k must be <= 100 (the best-of-n support)");
+    }
+    if c.clarifying_token < -1.0 || c.clarifying_token.fract() != 0.0 {
+        return bad("clarifying_token must be a token id, or -1 for none");
+    }
+    Ok(())
 }
 
 /// The decision of a row.
@@ -214,35 +130,35 @@ pub struct EntropixMetrics {
     pub state: Tensor,
 }
 
-#[derive(Debug, Default)]
-struct MetricsSlot(Mutex<Option<EntropixMetrics>>);
-
-impl Clone for MetricsSlot {
-    fn clone(&self) -> Self {
-        Self(Mutex::new(self.get()))
+impl EntropixMetrics {
+    /// The metrics of a fused step's `[rows, 7]` output (columns of
+    /// `sampler_kernels::spec::entropix_metric`).
+    pub(crate) fn from_columns(m: &Tensor) -> Result<Self> {
+        let col = |c: usize| -> Result<Tensor> { Ok(m.narrow(1, c, 1)?.squeeze(1)?.contiguous()?) };
+        Ok(Self {
+            entropy: col(em::ENTROPY)?,
+            varentropy: col(em::VARENTROPY)?,
+            attn_entropy: col(em::ATTN_ENTROPY)?,
+            attn_varentropy: col(em::ATTN_VARENTROPY)?,
+            agreement: col(em::AGREEMENT)?,
+            interaction_strength: col(em::INTERACTION_STRENGTH)?,
+            state: col(em::STATE)?.to_dtype(DType::U8)?,
+        })
     }
 }
 
-impl MetricsSlot {
-    fn get(&self) -> Option<EntropixMetrics> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set(&self, m: EntropixMetrics) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(m);
-    }
-}
-
+/// The entropix decision and its distributions.
 #[derive(Clone, Debug)]
 pub struct Entropix {
     config: EntropixConfig,
-    last: MetricsSlot,
+    last: Slot<EntropixMetrics>,
 }
 
-/// Entropy (bits) and varentropy (bits²) of each row's softmax, `[rows, 1]` each.
+/// Entropy (bits) and varentropy (bits²) of each row's softmax, `[rows, 1]` each, in f64 where
+/// the device has it (f32 on Metal).
 pub fn entropy_varentropy(logits: &Tensor) -> Result<(Tensor, Tensor)> {
     let fin = finite(logits)?;
-    let logp = log_softmax(logits)?;
+    let logp = log_softmax(&logits.to_dtype(decision_dtype(logits.device()))?)?;
     let p = logp.exp()?;
     let log2p = (logp * (1.0 / LN_2))?;
     let entropy = masked_sum(&(&p * &log2p)?, &fin)?.neg()?;
@@ -251,79 +167,16 @@ pub fn entropy_varentropy(logits: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((entropy, varentropy))
 }
 
-/// The four attention metrics, `[r]` each with r = 1 (shared scores) or rows.
-fn attention_metrics(a: &Tensor, rows: usize, validate: bool) -> Result<[Tensor; 4]> {
-    let a = match a.rank() {
-        4 => a.unsqueeze(0)?,
-        5 => a.clone(),
-        _ => {
-            return Err(SamplerError::Shape(format!(
-                "attentions must be [layers, heads, q, k] or [rows, layers, heads, q, k], got {:?}",
-                a.dims()
-            )))
-        }
-    };
-    let (r, l, h, q, k) = a.dims5()?;
+/// The four attention metrics of the context's scores as a `[1 or rows, 4]` tensor.
+fn attention_metrics(a: &Tensor, rows: usize) -> Result<Tensor> {
+    let m = sampler_kernels::attention_metrics(a)?;
+    let r = m.dim(0)?;
     if r != 1 && r != rows {
         return Err(SamplerError::Shape(format!(
             "attentions have {r} rows, the logits {rows}"
         )));
     }
-    if l * h * q * k == 0 {
-        return Err(SamplerError::Shape(format!(
-            "attentions are empty: {:?}",
-            a.dims()
-        )));
-    }
-    let flat = a
-        .to_dtype(DType::F32)?
-        .reshape((r * l * h * q, k))?
-        .contiguous()?;
-    if validate {
-        let nan = flat
-            .ne(&flat)?
-            .to_dtype(DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()?;
-        let pos_inf = flat
-            .eq(f32::INFINITY)?
-            .to_dtype(DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()?;
-        let all_masked = flat
-            .max_keepdim(D::Minus1)?
-            .eq(f32::NEG_INFINITY)?
-            .to_dtype(DType::F32)?;
-        if nan + pos_inf + all_masked.sum_all()?.to_scalar::<f32>()? > 0.0 {
-            return Err(SamplerError::Shape(
-                "attentions contain NaN, +inf or a query whose every score is -inf".into(),
-            ));
-        }
-    }
-    let p = candle_nn::ops::softmax_last_dim(&flat)?;
-    let ent = (&p * (p.clamp(1e-10f32, 1f32)?.log()? * (1.0 / LN_2))?)?
-        .sum(D::Minus1)?
-        .neg()?;
-    let ent = ent.reshape((r, l, h, q))?;
-    let attn_entropy = ent.reshape((r, l * h * q))?.mean(1)?;
-    let centered = ent.broadcast_sub(&ent.mean_keepdim(2)?)?;
-    let attn_varentropy = centered.sqr()?.mean(2)?.reshape((r, l * q))?.mean(1)?;
-    let p5 = p.reshape((r, l, h, q, k))?;
-    let agreement = p5
-        .broadcast_sub(&p5.mean_keepdim(2)?)?
-        .abs()?
-        .reshape((r, l * h * q * k))?
-        .mean(1)?;
-    let fin = finite(&flat)?;
-    let abs = fin
-        .where_cond(&flat.abs()?, &flat.zeros_like()?)?
-        .reshape((r, l * h * q * k))?;
-    let n_fin = fin
-        .to_dtype(DType::F32)?
-        .reshape((r, l * h * q * k))?
-        .sum(1)?;
-    let interaction = (abs.sum(1)? / n_fin)?;
-    Ok([attn_entropy, attn_varentropy, agreement, interaction])
+    Ok(m)
 }
 
 /// `cond ? a : b` for `[rows, 1]` columns.
@@ -332,14 +185,16 @@ fn pick(cond: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 impl Entropix {
+    /// Validates the thresholds.
     pub fn new(config: EntropixConfig) -> Result<Self> {
-        config.validate()?;
+        validate_config(&config)?;
         Ok(Self {
             config,
-            last: MetricsSlot::default(),
+            last: Slot::default(),
         })
     }
 
+    /// The thresholds.
     pub fn config(&self) -> &EntropixConfig {
         &self.config
     }
@@ -363,26 +218,31 @@ impl Entropix {
                 [z.clone(), z.clone(), z.clone(), z]
             }
             Some(a) => {
-                let [ae, av, ag, is] = attention_metrics(&a.to_device(dev)?, rows, ctx.validate())?;
-                let per_row =
-                    |t: Tensor| -> Result<Tensor> { Ok(t.broadcast_as(rows)?.contiguous()?) };
-                [per_row(ae)?, per_row(av)?, per_row(ag)?, per_row(is)?]
+                let m = attention_metrics(a, rows)?.to_device(dev)?;
+                let per_row = |c: usize| -> Result<Tensor> {
+                    Ok(m.narrow(1, c, 1)?
+                        .squeeze(1)?
+                        .broadcast_as(rows)?
+                        .contiguous()?)
+                };
+                [per_row(0)?, per_row(1)?, per_row(2)?, per_row(3)?]
             }
         };
         let c = &self.config;
         let (h, v) = (&entropy, &varentropy);
-        let lelv = (h.lt(c.low_entropy)? * v.lt(c.low_varentropy)?)?;
-        let helv = (h.gt(c.high_entropy)? * v.lt(c.low_varentropy)?)?;
-        let lehv = (h.lt(c.high_entropy)? * v.gt(c.high_varentropy)?)?;
-        let hehv = (h.gt(c.medium_entropy)? * v.gt(c.high_varentropy)?)?;
-        let code = |x: f32| full_like(h, x);
+        let th = |x: f32| x as f64;
+        let lelv = (h.lt(th(c.low_entropy))? * v.lt(th(c.low_varentropy))?)?;
+        let helv = (h.gt(th(c.high_entropy))? * v.lt(th(c.low_varentropy))?)?;
+        let lehv = (h.lt(th(c.high_entropy))? * v.gt(th(c.high_varentropy))?)?;
+        let hehv = (h.gt(th(c.medium_entropy))? * v.gt(th(c.high_varentropy))?)?;
+        let code = |x: f32| full_like(&h.to_dtype(DType::F32)?, x);
         let state = pick(&hehv, &code(3.0)?, &code(4.0)?)?;
         let state = pick(&lehv, &code(2.0)?, &state)?;
         let state = pick(&helv, &code(1.0)?, &state)?;
         let state = pick(&lelv, &code(0.0)?, &state)?;
         Ok(EntropixMetrics {
-            entropy: entropy.squeeze(1)?,
-            varentropy: varentropy.squeeze(1)?,
+            entropy: entropy.squeeze(1)?.to_dtype(DType::F32)?,
+            varentropy: varentropy.squeeze(1)?.to_dtype(DType::F32)?,
             attn_entropy,
             attn_varentropy,
             agreement,
@@ -484,18 +344,23 @@ impl Entropix {
         let min_p = pick(&is(EntropixState::Argmax)?, &k0(0.0)?, &min_p)?;
 
         // Sample: temperature, then min-p, top-k, top-p, each on what the previous one left.
+        let dt = decision_dtype(logits.device());
         let x = logits.broadcast_div(&temp)?;
-        let probs = candle_nn::ops::softmax_last_dim(&x)?;
-        let floor = probs.max_keepdim(D::Minus1)?.broadcast_mul(&min_p)?;
-        let x = keep_only(&x, &probs.broadcast_ge(&floor)?)?;
-        let x = keep_only(&x, &x.broadcast_ge(&kth_largest(&x, &top_k)?)?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&x)?;
-        let keep = (top_p_keep(&x, &probs, &top_p)?
+        let x64 = x.to_dtype(dt)?;
+        let ln_mp = min_p.to_dtype(dt)?.log()?;
+        let above = x64
+            .broadcast_sub(&x64.max_keepdim(D::Minus1)?)?
+            .broadcast_ge(&ln_mp)?;
+        let x = keep_only(&x, &above)?;
+        let x = keep_only(&x, &x.broadcast_ge(&kth_largest(&x, &top_k.ceil()?)?)?)?;
+        let probs = softmax(&x.to_dtype(dt)?)?;
+        let top_p64 = top_p.to_dtype(dt)?;
+        let keep = (top_p_keep(&x, &probs, &top_p64)?
             + top_p.ge(1f32)?.broadcast_as((rows, vocab))?)?
         .gt(0u8)?;
         let sampled = keep_only(&x, &keep)?;
         let adaptive = is(EntropixState::Adaptive)?;
-        let best = best_of_n(&sampled, c.n_adaptive_samples)?;
+        let best = best_of_n(&sampled, c.n_adaptive_samples as usize)?;
         let out = pick(&adaptive.broadcast_as((rows, vocab))?, &best, &sampled)?;
 
         // Argmax rows keep their argmax only.
@@ -509,7 +374,7 @@ impl Entropix {
         )?;
 
         // Clarify rows insert the clarifying token unless they just did (or it is banned).
-        match c.clarifying_token {
+        match c.clarifying() {
             None => Ok(out),
             Some(tok) => {
                 if tok as usize >= vocab {
@@ -562,18 +427,21 @@ fn last_token_is(
 pub fn best_of_n(x: &Tensor, n: usize) -> Result<Tensor> {
     let (rows, vocab) = x.dims2()?;
     let dev = x.device();
+    let dt = decision_dtype(dev);
     let fin = finite(x)?;
-    let logq = log_softmax(x)?;
+    let x64 = x.to_dtype(dt)?;
+    let logq = log_softmax(&x64)?;
     let q = logq.exp()?;
     let m = BEST_OF_SUPPORT.min(vocab);
     let vals = sorted_head(x, m, true)?;
-    let lse = x.max_keepdim(D::Minus1)?;
+    let lse = x64.max_keepdim(D::Minus1)?;
     let lse = (&lse
-        + x.broadcast_sub(&lse)?
+        + x64
+            .broadcast_sub(&lse)?
             .exp()?
             .sum_keepdim(D::Minus1)?
             .log()?)?;
-    let qv = vals.broadcast_sub(&lse)?.exp()?;
+    let qv = vals.to_dtype(dt)?.broadcast_sub(&lse)?.exp()?;
     // Mass strictly above each list position: the exclusive prefix sum (m <= 100, so candle's
     // quadratic cumsum is cheap here).
     let above = (qv.cumsum(1)? - &qv)?.contiguous()?;
@@ -591,22 +459,22 @@ pub fn best_of_n(x: &Tensor, n: usize) -> Result<Tensor> {
         &tail_count.broadcast_as((rows, vocab))?,
         &(&pos_ge - &pos_gt)?,
     )?;
-    let group_mass = (group * &q)?;
+    let group_mass = (group.to_dtype(dt)? * &q)?;
     let total = masked_sum(&q, &fin)?;
-    let a = total.broadcast_sub(&mass_above)?.maximum(0f32)?;
-    let b = (&a - &group_mass)?.maximum(0f32)?;
+    let a = total.broadcast_sub(&mass_above)?.maximum(0f64)?;
+    let b = (&a - &group_mass)?.maximum(0f64)?;
     // sum_{j<n} a^j b^(n-1-j), by repeated products (so 0^0 = 1).
-    let mut sum = Tensor::zeros((rows, vocab), DType::F32, dev)?;
-    let mut a_pow = Tensor::ones((rows, vocab), DType::F32, dev)?;
+    let mut sum = Tensor::zeros((rows, vocab), dt, dev)?;
+    let mut a_pow = Tensor::ones((rows, vocab), dt, dev)?;
     for j in 0..n {
-        let mut b_pow = Tensor::ones((rows, vocab), DType::F32, dev)?;
+        let mut b_pow = Tensor::ones((rows, vocab), dt, dev)?;
         for _ in 0..(n - 1 - j) {
             b_pow = (b_pow * &b)?;
         }
         sum = (sum + (&a_pow * b_pow)?)?;
         a_pow = (a_pow * &a)?;
     }
-    let out = (logq + sum.log()?)?;
+    let out = (logq + sum.log()?)?.to_dtype(DType::F32)?;
     keep_only(&out, &fin)
 }
 
@@ -642,20 +510,15 @@ impl LogitsProcessor for Entropix {
     fn apply(&self, logits: &Tensor, ctx: &SamplingContext) -> Result<Tensor> {
         let m = self.metrics(logits, ctx)?;
         let out = self.decide(logits, &m, ctx)?;
-        self.last.set(m);
+        self.last.set(Some(m));
         Ok(out)
     }
 
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        Some(self)
-    }
-
-    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
-        Some(self)
-    }
-
-    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
-        Box::new(self.clone())
+    fn stage(&self) -> Option<Stage> {
+        Some(Stage::with_sink(
+            StageOp::<RowParam>::Entropix(std::sync::Arc::new(self.config.clone())),
+            Sink::Metrics(self.last.share()),
+        ))
     }
 }
 
@@ -707,8 +570,8 @@ mod tests {
         ]);
         let (h, v) = entropy_varentropy(&x)?;
         let (h, v) = (
-            h.flatten_all()?.to_vec1::<f32>()?,
-            v.flatten_all()?.to_vec1::<f32>()?,
+            h.flatten_all()?.to_vec1::<f64>()?,
+            v.flatten_all()?.to_vec1::<f64>()?,
         );
         assert!(
             (h[0] - 2.0).abs() < 1e-6 && v[0].abs() < 1e-6,
@@ -776,7 +639,7 @@ mod tests {
         // Adaptive: T = 0.666 (1 + 0.3 * 1.75) = 1.01565 gives q0 = 0.497330 for the 0.5 token;
         // nothing is filtered (min-p 0.01, top-k 27, top-p 0.9 over masses 0, 0.497, 0.749);
         // best of 5: 1 - (1 - q0)^5 = 0.967907 and (1 - q0)^5 / 2 = 0.016047 for each tie.
-        let p = rows(&candle_nn::ops::softmax_last_dim(&t2(&[&y[1]]))?)[0].clone();
+        let p = rows(&softmax(&t2(&[&y[1]]))?)[0].clone();
         for (g, w) in p[..3].iter().zip([0.967_907f32, 0.016_047, 0.016_047]) {
             assert!((g - w).abs() < 2e-5, "{:?}", &p[..3]);
         }
@@ -801,7 +664,7 @@ mod tests {
     #[test]
     fn clarifying_token_is_inserted_once() -> Result<()> {
         let cfg = EntropixConfig {
-            clarifying_token: Some(70),
+            clarifying_token: 70.0,
             ..Default::default()
         };
         let e = Entropix::new(cfg)?;

@@ -1,50 +1,85 @@
-//! Dynamic temperature, the entropy form (llama.cpp `temp_ext`, after the DynaTemp proposal of
-//! kalomaze): a confident row (low entropy) is sampled cooler, an uncertain one warmer.
+//! Dynamic temperature, the entropy form (llama.cpp `temp_ext`, after kalomaze's DynaTemp): a
+//! confident row (low entropy) is sampled cooler, an uncertain one warmer.
 //!
 //! Per row with temperature `t > 0`, range `r > 0` and exponent `e`: with `n` the number of
-//! finite logits, `H` the entropy (nats) of the softmax and `H_max = ln n`,
+//! finite logits, `H` the entropy (nats, f64) of the softmax and `H_max = ln n`,
 //! `T = t_lo + (t_hi - t_lo) * (H / H_max)^e`, `t_lo = max(0, t - r)`, `t_hi = t + r`, and
-//! logits /= T. A row with one finite logit is left alone (as in llama.cpp). `T` is kept at
-//! least [`MIN_DYNAMIC_T`] so a fully confident row with `t_lo = 0` divides by a tiny number
-//! instead of zero. Rows with `r <= 0` get the plain temperature; rows with `t <= 0` (greedy)
-//! are left alone. It replaces the temperature step of the chain when `dynatemp_range > 0`.
+//! logits /= T. A row with one finite logit is left alone (as in llama.cpp). `T` is at least
+//! [`MIN_DYNAMIC_T`], so a fully confident row with `t_lo = 0` stays finite. Rows with
+//! `r <= 0` get the plain temperature; rows with `t <= 0` (greedy) are left alone. It replaces
+//! the temperature step of the chain when `dynatemp_range > 0`.
+//!
+//! Parameters: `temperature` (finite), `dynatemp_range` and `dynatemp_exponent` (>= 0).
 
 use candle_core::Tensor;
+use sampler_kernels::spec::{row, StageOp};
+pub use sampler_kernels::MIN_DYNAMIC_T;
 
+use crate::config::Knob;
 use crate::context::SamplingContext;
 use crate::error::Result;
-use crate::param::RowParam;
+use crate::param::{range, RowParam};
 use crate::processor::LogitsProcessor;
 use crate::processors::temperature::Temperature;
-use crate::processors::typical_p::log_softmax;
-use crate::tensor_ops::{count, finite, full_like, masked_sum};
+use crate::stage::Stage;
+use crate::tensor_ops::{count_as, decision_dtype, finite, full_like, log_softmax, masked_sum};
 
-/// The smallest dynamic temperature (instead of 0).
-pub const MIN_DYNAMIC_T: f32 = 1e-6;
+/// The entropy form's parameters.
+#[derive(Clone, Debug)]
+pub struct EntropyTemperatureParams {
+    /// The base temperature.
+    pub t: RowParam,
+    /// The range around it; 0 = plain temperature.
+    pub range: RowParam,
+    /// The exponent of the normalised entropy.
+    pub exponent: RowParam,
+}
 
+impl Default for EntropyTemperatureParams {
+    fn default() -> Self {
+        Self {
+            t: Knob::Temperature.default_value().into(),
+            range: Knob::DynatempRange.default_value().into(),
+            exponent: Knob::DynatempExponent.default_value().into(),
+        }
+    }
+}
+
+/// Divides each row by a temperature chosen from its normalised entropy.
 #[derive(Clone, Debug)]
 pub struct EntropyTemperature {
-    t: RowParam,
-    range: RowParam,
-    exponent: RowParam,
+    params: EntropyTemperatureParams,
 }
 
 impl EntropyTemperature {
-    /// `t` finite, `range` >= 0, `exponent` >= 0.
-    pub fn new(
+    /// Validates the parameters.
+    pub fn new(params: EntropyTemperatureParams) -> Result<Self> {
+        params.t.check("temperature", "finite", range::finite)?;
+        params
+            .range
+            .check("dynatemp_range", ">= 0 and finite", range::non_negative)?;
+        params
+            .exponent
+            .check("dynatemp_exponent", ">= 0 and finite", range::non_negative)?;
+        Ok(Self { params })
+    }
+
+    /// The entropy form with the three parameters.
+    pub fn with(
         t: impl Into<RowParam>,
         range: impl Into<RowParam>,
         exponent: impl Into<RowParam>,
     ) -> Result<Self> {
-        let (t, range, exponent) = (t.into(), range.into(), exponent.into());
-        t.check("temperature", "finite", f32::is_finite)?;
-        range.check("dynatemp_range", ">= 0 and finite", |v| {
-            v >= 0.0 && v.is_finite()
-        })?;
-        exponent.check("dynatemp_exponent", ">= 0 and finite", |v| {
-            v >= 0.0 && v.is_finite()
-        })?;
-        Ok(Self { t, range, exponent })
+        Self::new(EntropyTemperatureParams {
+            t: t.into(),
+            range: range.into(),
+            exponent: exponent.into(),
+        })
+    }
+
+    /// Whether the range is off (<= 0) for every row.
+    pub fn is_off(range: &RowParam) -> bool {
+        range.is_scalar_and(|v| v <= 0.0)
     }
 }
 
@@ -56,29 +91,44 @@ impl LogitsProcessor for EntropyTemperature {
     fn apply(&self, logits: &Tensor, _ctx: &SamplingContext) -> Result<Tensor> {
         let rows = logits.dim(0)?;
         let dev = logits.device();
-        let t = self.t.column(rows, dev)?;
-        let r = self.range.column(rows, dev)?;
-        let e = self.exponent.column(rows, dev)?;
+        let dt = decision_dtype(dev);
+        let p = &self.params;
+        let t32 = p.t.column(rows, dev)?;
+        let (t, r, e) = (
+            p.t.column_as(rows, dev, dt)?,
+            p.range.column_as(rows, dev, dt)?,
+            p.exponent.column_as(rows, dev, dt)?,
+        );
         let fin = finite(logits)?;
-        let n = count(&fin)?;
-        let logp = log_softmax(logits)?;
-        let entropy = masked_sum(&(logp.exp()? * &logp)?, &fin)?.neg()?;
-        let h_max = n.maximum(2f32)?.log()?;
-        // 0^0 = 1 as in C's powf: a tiny floor keeps ln finite without changing other powers.
-        let norm = (entropy / h_max)?.maximum(1e-30f32)?;
-        let t_lo = (&t - &r)?.maximum(0f32)?;
+        let n = count_as(&fin, dt)?;
+        let logp = log_softmax(&logits.to_dtype(dt)?)?;
+        let plogp = fin.where_cond(&(logp.exp()? * &logp)?, &logp.zeros_like()?)?;
+        let entropy = masked_sum(&plogp, &fin)?.neg()?;
+        let h_max = n.maximum(2f64)?.log()?;
+        let norm = (entropy / h_max)?.maximum(0f64)?;
+        let t_lo = (&t - &r)?.maximum(0f64)?;
         let t_hi = (&t + &r)?;
-        let dynamic_t =
-            (&t_lo + ((&t_hi - &t_lo)? * (norm.log()? * &e)?.exp()?)?)?.maximum(MIN_DYNAMIC_T)?;
-        let dynamic = (t.gt(0f32)? * r.gt(0f32)?)?;
-        let divisor = dynamic.where_cond(&dynamic_t, &Temperature::divisor(&t)?)?;
-        let single = (n.le(1f32)? * dynamic)?;
+        // norm^e with 0^0 = 1 and 0^e = 0, as powf.
+        let zero = norm.eq(0f64)?;
+        let safe = zero.where_cond(&norm.ones_like()?, &norm)?;
+        let pow = (safe.log()? * &e)?.exp()?;
+        let pow = zero.where_cond(&e.eq(0f64)?.to_dtype(pow.dtype())?, &pow)?;
+        let dynamic_t = (&t_lo + ((&t_hi - &t_lo)? * pow)?)?
+            .to_dtype(t32.dtype())?
+            .maximum(MIN_DYNAMIC_T)?;
+        let dynamic = (t.gt(0f64)? * r.gt(0f64)?)?;
+        let divisor = dynamic.where_cond(&dynamic_t, &Temperature::divisor(&t32)?)?;
+        let single = (n.le(1f64)? * dynamic)?;
         let divisor = single.where_cond(&full_like(&divisor, 1.0)?, &divisor)?;
         Ok(logits.broadcast_div(&divisor)?)
     }
 
-    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
-        Box::new(self.clone())
+    fn stage(&self) -> Option<Stage> {
+        Some(Stage::new(StageOp::EntropyTemperature(row::EntropyTemperature {
+            t: self.params.t.clone(),
+            range: self.params.range.clone(),
+            exponent: self.params.exponent.clone(),
+        })))
     }
 }
 
@@ -91,53 +141,40 @@ mod tests {
     fn flat_row_gets_the_top_of_the_range() -> Result<()> {
         // Uniform over 4: H = H_max, T = t + r = 1.5 whatever the exponent.
         let x = t2(&[&[3.0, 3.0, 3.0, 3.0]]);
-        let y = EntropyTemperature::new(1.0, 0.5, 2.0)?.apply(&x, &ctx())?;
+        let y = EntropyTemperature::with(1.0, 0.5, 2.0)?.apply(&x, &ctx())?;
         assert_close(&rows(&y), &[vec![2.0; 4]]);
         Ok(())
     }
 
     #[test]
     fn peaked_row_follows_the_normalised_entropy() -> Result<()> {
-        // logits ln{0.7, 0.1, 0.1, 0.1}: H = -(0.7 ln 0.7 + 0.3 ln 0.1) = 0.940448 nats,
-        // H / ln 4 = 0.678390; t = 0.8, r = 0.5, e = 2: T = 0.3 + 1.0 * 0.678390^2 = 0.760213.
+        // logits ln{0.7, 0.1, 0.1, 0.1}: H = 0.940448 nats, H / ln 4 = 0.678390; t = 0.8,
+        // r = 0.5, e = 2: T = 0.3 + 1.0 * 0.678390^2 = 0.760213.
         let l: Vec<f32> = [0.7f32, 0.1, 0.1, 0.1].iter().map(|p| p.ln()).collect();
-        let y = EntropyTemperature::new(0.8, 0.5, 2.0)?.apply(&t2(&[&l]), &ctx())?;
+        let y = EntropyTemperature::with(0.8, 0.5, 2.0)?.apply(&t2(&[&l]), &ctx())?;
         let want: Vec<f32> = l.iter().map(|v| v / 0.760_213).collect();
         assert_close(&rows(&y), &[want]);
-        // t = 0.3, r = 0.5: t_lo clamps to 0, t_hi = 0.8, e = 1: T = 0.8 * 0.678390 = 0.542712.
-        let y = EntropyTemperature::new(0.3, 0.5, 1.0)?.apply(&t2(&[&l]), &ctx())?;
+        // t = 0.3, r = 0.5: t_lo clamps to 0, t_hi = 0.8, e = 1: T = 0.8 * 0.678390.
+        let y = EntropyTemperature::with(0.3, 0.5, 1.0)?.apply(&t2(&[&l]), &ctx())?;
         let want: Vec<f32> = l.iter().map(|v| v / 0.542_712).collect();
         assert_close(&rows(&y), &[want]);
         Ok(())
     }
 
     #[test]
-    fn published_llama_cpp_cases_and_plain_rows() -> Result<()> {
-        // llama.cpp: temp_ext(t = 1, delta = 0) leaves {0.1, 0.2, 0.3, 0.4} as they are; t = 0
-        // is greedy (the logits are left for the greedy draw).
-        let l: Vec<f32> = [0.1f32, 0.2, 0.3, 0.4].iter().map(|p| p.ln()).collect();
-        let x = t2(&[&l, &l]);
-        let t = Tensor::new(&[1f32, 0.0], &candle_core::Device::Cpu)?;
-        let y = EntropyTemperature::new(t, 0.0, 1.0)?.apply(&x, &ctx())?;
-        assert_close(&rows(&y), &rows(&x));
-        // A row without range gets the plain temperature; a row with one finite logit is left.
+    fn plain_rows_single_logit_rows_and_confident_rows() -> Result<()> {
         let ninf = f32::NEG_INFINITY;
         let x = t2(&[&[2.0, 1.0, 0.0], &[2.0, ninf, ninf]]);
         let r = Tensor::new(&[0f32, 0.5], &candle_core::Device::Cpu)?;
-        let y = EntropyTemperature::new(0.5, r, 1.0)?.apply(&x, &ctx())?;
+        let y = EntropyTemperature::with(0.5, r, 1.0)?.apply(&x, &ctx())?;
         assert_close(&rows(&y), &[vec![4.0, 2.0, 0.0], vec![2.0, ninf, ninf]]);
-        Ok(())
-    }
-
-    #[test]
-    fn confident_row_with_zero_floor_stays_finite() -> Result<()> {
-        // One token holds all the mass in f32: H = 0, T = max(0, t - r) = 0 -> MIN_DYNAMIC_T.
-        let x = t2(&[&[0.0, -200.0, -200.0]]);
-        let y = rows(&EntropyTemperature::new(0.5, 0.5, 1.0)?.apply(&x, &ctx())?);
-        assert!(y[0].iter().all(|v| v.is_finite()), "{y:?}");
+        // One token holds all the mass in f64: H ~ 0, T = max(0, t - r) = 0 -> MIN_DYNAMIC_T.
+        let x = t2(&[&[0.0, -800.0, -800.0]]);
+        let y = rows(&EntropyTemperature::with(0.5, 0.5, 1.0)?.apply(&x, &ctx())?);
+        assert!(y[0].iter().all(|v| v.is_finite() || *v == ninf), "{y:?}");
         assert_eq!(y[0][0], 0.0);
-        assert!(EntropyTemperature::new(1.0, -0.1, 1.0).is_err());
-        assert!(EntropyTemperature::new(1.0, 0.1, -1.0).is_err());
+        assert!(EntropyTemperature::with(1.0, -0.1, 1.0).is_err());
+        assert!(EntropyTemperature::with(1.0, 0.1, -1.0).is_err());
         Ok(())
     }
 }

@@ -1,16 +1,22 @@
 //! Frequency and presence penalties (the OpenAI API parameters; llama.cpp `penalties`): with
 //! `count` the number of occurrences of a token in the repetition window (the same window as the
 //! repetition penalty: distances `D < window`, 0 = the whole history),
-//! `logit -= count * frequency + (count > 0) * presence`. Both 0 is off.
+//! `logit -= count * frequency + (count > 0) * presence`.
+//!
+//! Parameters: `frequency_penalty`, `presence_penalty` (finite; negative values reward
+//! repeats; both 0 is off), and the window `repetition_penalty_window`.
 
 use candle_core::Tensor;
+use sampler_kernels::spec::{row, StageOp};
 
 use crate::context::SamplingContext;
 use crate::error::Result;
-use crate::param::RowParam;
+use crate::param::{range, RowParam};
 use crate::processor::LogitsProcessor;
 use crate::processors::repetition::WindowedHistory;
+use crate::stage::Stage;
 
+/// Subtracts a penalty per occurrence and per distinct token of each row's recent history.
 #[derive(Clone, Debug)]
 pub struct FrequencyPresencePenalty {
     frequency: RowParam,
@@ -26,16 +32,19 @@ impl FrequencyPresencePenalty {
         window: impl Into<RowParam>,
     ) -> Result<Self> {
         let (frequency, presence, window) = (frequency.into(), presence.into(), window.into());
-        frequency.check("frequency_penalty", "finite", f32::is_finite)?;
-        presence.check("presence_penalty", "finite", f32::is_finite)?;
-        window.check("repetition_penalty_window", "a count >= 0", |v| {
-            v >= 0.0 && v.fract() == 0.0
-        })?;
+        frequency.check("frequency_penalty", "finite", range::finite)?;
+        presence.check("presence_penalty", "finite", range::finite)?;
+        window.check("repetition_penalty_window", "a count >= 0", range::count)?;
         Ok(Self {
             frequency,
             presence,
             window,
         })
+    }
+
+    /// Whether both penalties are off (0) for every row.
+    pub fn is_off(frequency: &RowParam, presence: &RowParam) -> bool {
+        frequency.is_scalar_and(|v| v == 0.0) && presence.is_scalar_and(|v| v == 0.0)
     }
 }
 
@@ -57,8 +66,12 @@ impl LogitsProcessor for FrequencyPresencePenalty {
         Ok((logits - penalty)?)
     }
 
-    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
-        Box::new(self.clone())
+    fn stage(&self) -> Option<Stage> {
+        Some(Stage::new(StageOp::FrequencyPresence(row::FrequencyPresence {
+            frequency: self.frequency.clone(),
+            presence: self.presence.clone(),
+            window: self.window.clone(),
+        })))
     }
 }
 
@@ -68,7 +81,7 @@ mod tests {
     use crate::test_util::{assert_close, ctx, ctx_with_history, rows, t2};
 
     fn probs(y: &Tensor) -> Vec<f32> {
-        rows(&candle_nn::ops::softmax_last_dim(y).unwrap())[0].clone()
+        rows(&crate::tensor_ops::softmax(y).unwrap())[0].clone()
     }
 
     #[test]

@@ -1,15 +1,21 @@
 //! Length penalty on the stop token (AR): `logit[stop] /= L^factor` with L = history length + 1,
 //! so that a positive factor makes stopping less likely as a sequence grows (reference VALL-E).
-//! The stop token defaults to the last id of the vocabulary.
+//! Without a history it does nothing.
+//!
+//! Parameters: `length_penalty` (finite; default 0, off), `stop_token` (default: the last id of
+//! the vocabulary).
 
 use candle_core::{DType, Tensor};
+use sampler_kernels::spec::{row, StageOp};
 
 use crate::context::SamplingContext;
 use crate::error::Result;
-use crate::param::RowParam;
+use crate::param::{range, RowParam};
 use crate::processor::LogitsProcessor;
+use crate::stage::Stage;
 use crate::vocab_cache::{one_hot_row, VocabCache};
 
+/// Divides the stop token's logit by a power of the row's length.
 #[derive(Clone, Debug)]
 pub struct LengthPenalty {
     factor: RowParam,
@@ -21,12 +27,17 @@ impl LengthPenalty {
     /// `factor` finite (0 = off); `stop_token` None = the last id of the vocabulary.
     pub fn new(factor: impl Into<RowParam>, stop_token: Option<u32>) -> Result<Self> {
         let factor = factor.into();
-        factor.check("length_penalty", "finite", f32::is_finite)?;
+        factor.check("length_penalty", "finite", range::finite)?;
         Ok(Self {
             factor,
             stop_token,
             stop_mask: VocabCache::default(),
         })
+    }
+
+    /// Whether the factor is off (0) for every row.
+    pub fn is_off(factor: &RowParam) -> bool {
+        factor.is_scalar_and(|v| v == 0.0)
     }
 }
 
@@ -57,8 +68,13 @@ impl LogitsProcessor for LengthPenalty {
             .where_cond(&divided, logits)?)
     }
 
-    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
-        Box::new(self.clone())
+    fn stage(&self) -> Option<Stage> {
+        Some(Stage::new(StageOp::LengthPenalty(
+            row::LengthPenalty {
+                factor: self.factor.clone(),
+            },
+            self.stop_token,
+        )))
     }
 }
 
@@ -87,5 +103,6 @@ mod tests {
             .unwrap()
             .apply(&x, &c)
             .is_err());
+        assert!(LengthPenalty::new(f32::INFINITY, None).is_err());
     }
 }

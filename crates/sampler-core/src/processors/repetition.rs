@@ -1,5 +1,5 @@
-//! Repetition penalty with distance decay and a window, in the reference VALL-E "divide" form
-//! (SPEC §4), and the HF/CTRL "sign-aware" form.
+//! Repetition penalty with distance decay and a window, in the reference VALL-E "divide" form,
+//! and the HF/CTRL "sign-aware" form.
 //!
 //! Divide (the default): for a row with history `h[0..H)` and every position i at distance
 //! `D = H - i` (1 = most recent) with `window == 0 || D < window`: `logit[h[i]] /= penalty *
@@ -12,19 +12,50 @@
 //! `logit / penalty` when the logit is positive and `logit * penalty` when it is negative, so a
 //! penalty > 1 always lowers its probability. It takes no decay.
 //!
-//! Implementation: the divisors multiply, so their logarithms add: one scatter-add of
+//! Parameters: `repetition_penalty` (> 0; 1 with decay 0 is off), `repetition_penalty_decay`
+//! (finite; 0 in the sign-aware mode), `repetition_penalty_window` (a count; 0 = the whole
+//! history; default 75), `repetition_penalty_mode` ("divide" or "sign_aware").
+//!
+//! Plain implementation: the divisors multiply, so their logarithms add: one scatter-add of
 //! `ln(penalty) + decay * ln(D)` per history entry into a `[rows, vocab]` buffer, then one
 //! division by its exponential. The sign-aware form scatter-adds ones (occurrence counts) and
 //! tests them for > 0. All on the device.
 
 use candle_core::{DType, Tensor};
+use sampler_kernels::spec::{row, StageOp};
 
-use crate::config::RepetitionPenaltyMode;
+use crate::config::{Knob, RepetitionPenaltyMode};
 use crate::context::SamplingContext;
 use crate::error::Result;
-use crate::param::RowParam;
+use crate::param::{range, RowParam};
 use crate::processor::LogitsProcessor;
+use crate::stage::Stage;
 
+/// The repetition penalty's parameters.
+#[derive(Clone, Debug)]
+pub struct RepetitionPenaltyParams {
+    /// The factor, > 0.
+    pub penalty: RowParam,
+    /// The distance exponent of the divide form.
+    pub decay: RowParam,
+    /// Only distances below it count; 0 = the whole history.
+    pub window: RowParam,
+    /// Divide (per occurrence, any sign) or sign-aware (per distinct token).
+    pub mode: RepetitionPenaltyMode,
+}
+
+impl Default for RepetitionPenaltyParams {
+    fn default() -> Self {
+        Self {
+            penalty: Knob::RepetitionPenalty.default_value().into(),
+            decay: Knob::RepetitionPenaltyDecay.default_value().into(),
+            window: Knob::RepetitionPenaltyWindow.default_value().into(),
+            mode: RepetitionPenaltyMode::Divide,
+        }
+    }
+}
+
+/// Lowers the logits of the tokens in each row's recent history.
 #[derive(Clone, Debug)]
 pub struct RepetitionPenalty {
     penalty: RowParam,
@@ -87,54 +118,64 @@ impl WindowedHistory {
 }
 
 impl RepetitionPenalty {
-    /// The divide form: `penalty` > 0 (1 = off), `decay` finite, `window` >= 0 (0 = the whole
-    /// history).
-    pub fn new(
-        penalty: impl Into<RowParam>,
-        decay: impl Into<RowParam>,
-        window: impl Into<RowParam>,
-    ) -> Result<Self> {
-        let (penalty, decay, window) = (penalty.into(), decay.into(), window.into());
-        penalty.check("repetition_penalty", "> 0", |v| v > 0.0 && v.is_finite())?;
-        decay.check("repetition_penalty_decay", "finite", f32::is_finite)?;
-        window.check("repetition_penalty_window", "a count >= 0", |v| {
-            v >= 0.0 && v.fract() == 0.0
+    /// Validates the parameters; the sign-aware form takes no decay.
+    pub fn new(params: RepetitionPenaltyParams) -> Result<Self> {
+        let RepetitionPenaltyParams {
+            penalty,
+            decay,
+            window,
+            mode,
+        } = params;
+        penalty.check("repetition_penalty", "> 0 and finite", |v| {
+            v > 0.0 && v.is_finite()
         })?;
+        decay.check("repetition_penalty_decay", "finite", range::finite)?;
+        window.check("repetition_penalty_window", "a count >= 0", range::count)?;
+        if mode == RepetitionPenaltyMode::SignAware {
+            decay.check(
+                "repetition_penalty_decay",
+                "0 (the sign_aware mode takes no decay)",
+                |v| v == 0.0,
+            )?;
+        }
         Ok(Self {
             penalty,
             decay,
             window,
+            mode,
+        })
+    }
+
+    /// The divide form.
+    pub fn divide(
+        penalty: impl Into<RowParam>,
+        decay: impl Into<RowParam>,
+        window: impl Into<RowParam>,
+    ) -> Result<Self> {
+        Self::new(RepetitionPenaltyParams {
+            penalty: penalty.into(),
+            decay: decay.into(),
+            window: window.into(),
             mode: RepetitionPenaltyMode::Divide,
         })
     }
 
     /// The sign-aware form: `penalty` > 0 (1 = off), `window` >= 0 (0 = the whole history).
     pub fn sign_aware(penalty: impl Into<RowParam>, window: impl Into<RowParam>) -> Result<Self> {
-        let mut p = Self::new(penalty, 0.0, window)?;
-        p.mode = RepetitionPenaltyMode::SignAware;
-        Ok(p)
+        Self::new(RepetitionPenaltyParams {
+            penalty: penalty.into(),
+            decay: 0.0.into(),
+            window: window.into(),
+            mode: RepetitionPenaltyMode::SignAware,
+        })
     }
 
-    /// The processor of a mode; the sign-aware form rejects a decay other than 0.
-    pub fn with_mode(
-        mode: RepetitionPenaltyMode,
-        penalty: impl Into<RowParam>,
-        decay: impl Into<RowParam>,
-        window: impl Into<RowParam>,
-    ) -> Result<Self> {
-        match mode {
-            RepetitionPenaltyMode::Divide => Self::new(penalty, decay, window),
-            RepetitionPenaltyMode::SignAware => {
-                decay.into().check(
-                    "repetition_penalty_decay",
-                    "0 (the sign_aware mode takes no decay)",
-                    |v| v == 0.0,
-                )?;
-                Self::sign_aware(penalty, window)
-            }
-        }
+    /// Whether the penalty is off for every row: factor 1 and decay 0.
+    pub fn is_off(penalty: &RowParam, decay: &RowParam) -> bool {
+        penalty.is_scalar_and(|v| v == 1.0) && decay.is_scalar_and(|v| v == 0.0)
     }
 
+    /// The mode.
     pub fn mode(&self) -> RepetitionPenaltyMode {
         self.mode
     }
@@ -179,7 +220,6 @@ impl RepetitionPenalty {
 
 impl LogitsProcessor for RepetitionPenalty {
     fn name(&self) -> &'static str {
-        // Distinct names: the fused penalty op implements the divide form only.
         match self.mode {
             RepetitionPenaltyMode::Divide => "repetition_penalty",
             RepetitionPenaltyMode::SignAware => "repetition_penalty_sign_aware",
@@ -196,8 +236,20 @@ impl LogitsProcessor for RepetitionPenalty {
         }
     }
 
-    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
-        Box::new(self.clone())
+    fn stage(&self) -> Option<Stage> {
+        Some(Stage::new(match self.mode {
+            RepetitionPenaltyMode::Divide => StageOp::RepetitionDivide(row::RepetitionDivide {
+                penalty: self.penalty.clone(),
+                decay: self.decay.clone(),
+                window: self.window.clone(),
+            }),
+            RepetitionPenaltyMode::SignAware => {
+                StageOp::RepetitionSignAware(row::RepetitionSignAware {
+                    penalty: self.penalty.clone(),
+                    window: self.window.clone(),
+                })
+            }
+        }))
     }
 }
 
@@ -211,7 +263,7 @@ mod tests {
         let x = t2(&[&[3.0, -2.0, 4.0, 1.0]]);
         // token 1 twice, token 0 once: 0 / 2, 1 / 4 (negative too).
         let c = ctx_with_history(&[vec![1, 0, 1]]);
-        let y = RepetitionPenalty::new(2.0, 0.0, 75.0)?.apply(&x, &c)?;
+        let y = RepetitionPenalty::divide(2.0, 0.0, 75.0)?.apply(&x, &c)?;
         assert_close(&rows(&y), &[vec![1.5, -0.5, 4.0, 1.0]]);
         Ok(())
     }
@@ -221,7 +273,7 @@ mod tests {
         let x = t2(&[&[8.0, 8.0, 8.0]]);
         // history [0, 1, 2]: distances 3, 2, 1; divisor 2 * D^0.5.
         let c = ctx_with_history(&[vec![0, 1, 2]]);
-        let y = RepetitionPenalty::new(2.0, 0.5, 0.0)?.apply(&x, &c)?;
+        let y = RepetitionPenalty::divide(2.0, 0.5, 0.0)?.apply(&x, &c)?;
         let s = |d: f32| 8.0 / (2.0 * d.sqrt());
         assert_close(&rows(&y), &[vec![s(3.0), s(2.0), s(1.0)]]);
         Ok(())
@@ -232,7 +284,7 @@ mod tests {
         let x = t2(&[&[6.0, 6.0, 6.0]]);
         // window 2: only distance 1 (the last token) counts.
         let c = ctx_with_history(&[vec![0, 1, 2]]);
-        let y = RepetitionPenalty::new(3.0, 0.0, 2.0)?.apply(&x, &c)?;
+        let y = RepetitionPenalty::divide(3.0, 0.0, 2.0)?.apply(&x, &c)?;
         assert_close(&rows(&y), &[vec![6.0, 6.0, 2.0]]);
         Ok(())
     }
@@ -241,9 +293,9 @@ mod tests {
     fn padded_rows_and_empty_history() -> Result<()> {
         let x = t2(&[&[6.0, 6.0], &[6.0, 6.0]]);
         let c = ctx_with_history(&[vec![1, -1], vec![-1, -1]]);
-        let y = RepetitionPenalty::new(2.0, 0.0, 75.0)?.apply(&x, &c)?;
+        let y = RepetitionPenalty::divide(2.0, 0.0, 75.0)?.apply(&x, &c)?;
         assert_close(&rows(&y), &[vec![6.0, 3.0], vec![6.0, 6.0]]);
-        let y = RepetitionPenalty::new(2.0, 0.0, 75.0)?.apply(&x, &ctx())?;
+        let y = RepetitionPenalty::divide(2.0, 0.0, 75.0)?.apply(&x, &ctx())?;
         assert_close(&rows(&y), &rows(&x));
         Ok(())
     }
@@ -253,7 +305,7 @@ mod tests {
         let x = t2(&[&[6.0, 6.0], &[6.0, 6.0]]);
         let c = ctx_with_history(&[vec![0], vec![0]]);
         let pen = Tensor::new(&[2f32, 3.0], &candle_core::Device::Cpu)?;
-        let y = RepetitionPenalty::new(pen, 0.0, 75.0)?.apply(&x, &c)?;
+        let y = RepetitionPenalty::divide(pen, 0.0, 75.0)?.apply(&x, &c)?;
         assert_close(&rows(&y), &[vec![3.0, 6.0], vec![2.0, 6.0]]);
         Ok(())
     }
@@ -295,7 +347,7 @@ mod tests {
         let x = t2(&[&l]);
         let c = ctx_with_history(&[vec![0, 1, 2, 0, 0]]);
         let y = RepetitionPenalty::sign_aware(50.0, 0.0)?.apply(&x, &c)?;
-        let p = rows(&candle_nn::ops::softmax_last_dim(&y)?)[0].clone();
+        let p = rows(&crate::tensor_ops::softmax(&y)?)[0].clone();
         for (g, w) in p.iter().zip([0.0, 0.0, 0.0, 0.5, 0.5]) {
             assert!((g - w).abs() < 1e-5, "{p:?}");
         }
@@ -304,18 +356,20 @@ mod tests {
 
     #[test]
     fn sign_aware_takes_no_decay() {
-        assert!(
-            RepetitionPenalty::with_mode(RepetitionPenaltyMode::SignAware, 1.5, 0.5, 75.0).is_err()
-        );
-        assert!(
-            RepetitionPenalty::with_mode(RepetitionPenaltyMode::SignAware, 1.5, 0.0, 75.0).is_ok()
-        );
+        let p = |decay: f32| RepetitionPenaltyParams {
+            penalty: 1.5.into(),
+            decay: decay.into(),
+            window: 75.0.into(),
+            mode: RepetitionPenaltyMode::SignAware,
+        };
+        assert!(RepetitionPenalty::new(p(0.5)).is_err());
+        assert!(RepetitionPenalty::new(p(0.0)).is_ok());
     }
 
     #[test]
     fn rejects_non_positive_penalty() {
-        assert!(RepetitionPenalty::new(0.0, 0.0, 75.0).is_err());
-        assert!(RepetitionPenalty::new(1.5, f32::NAN, 75.0).is_err());
-        assert!(RepetitionPenalty::new(1.5, 0.0, -1.0).is_err());
+        assert!(RepetitionPenalty::divide(0.0, 0.0, 75.0).is_err());
+        assert!(RepetitionPenalty::divide(1.5, f32::NAN, 75.0).is_err());
+        assert!(RepetitionPenalty::divide(1.5, 0.0, -1.0).is_err());
     }
 }

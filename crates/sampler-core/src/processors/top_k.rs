@@ -1,14 +1,19 @@
-//! Top-k: keep every logit >= the k-th largest value of its row (ties at the boundary are kept);
-//! k <= 0 is off and k >= vocab keeps everything.
+//! Top-k: keep every logit >= the k-th largest value of its row (ties at the boundary are
+//! kept); k >= the number of finite logits keeps everything.
+//!
+//! Parameter: `top_k` (an integer; default 0). Off when <= 0.
 
 use candle_core::Tensor;
+use sampler_kernels::spec::{row, StageOp};
 
 use crate::context::SamplingContext;
 use crate::error::Result;
-use crate::param::RowParam;
+use crate::param::{range, RowParam};
 use crate::processor::LogitsProcessor;
+use crate::stage::Stage;
 use crate::tensor_ops::{full_like, keep_only, kth_largest};
 
+/// Keeps the k largest logits of each row, ties included.
 #[derive(Clone, Debug)]
 pub struct TopK {
     k: RowParam,
@@ -18,8 +23,13 @@ impl TopK {
     /// `k` an integer; <= 0 turns the filter off for that row.
     pub fn new(k: impl Into<RowParam>) -> Result<Self> {
         let k = k.into();
-        k.check("top_k", "an integer", |v| v.is_finite() && v.fract() == 0.0)?;
+        k.check("top_k", "an integer", range::integer)?;
         Ok(Self { k })
+    }
+
+    /// Whether `k` is off for every row.
+    pub fn is_off(k: &RowParam) -> bool {
+        k.is_scalar_and(|v| v <= 0.0)
     }
 }
 
@@ -36,8 +46,8 @@ impl LogitsProcessor for TopK {
         keep_only(logits, &logits.broadcast_ge(&threshold)?)
     }
 
-    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
-        Box::new(self.clone())
+    fn stage(&self) -> Option<Stage> {
+        Some(Stage::new(StageOp::TopK(row::TopK { k: self.k.clone() })))
     }
 }
 
@@ -67,6 +77,7 @@ mod tests {
         let x = t2(&[&[1.0, NINF, 2.0]]);
         assert_eq!(rows(&TopK::new(0.0)?.apply(&x, &ctx())?), rows(&x));
         assert_eq!(rows(&TopK::new(10.0)?.apply(&x, &ctx())?), rows(&x));
+        assert!(TopK::new(2.5).is_err());
         Ok(())
     }
 

@@ -1,18 +1,23 @@
-//! Top-p (nucleus, Holtzman et al. 2020): order the tokens by logit descending, ties by lower id
-//! first, and keep a token when the probability mass of the tokens before it is <= p, so the
-//! first token is always kept. p >= 1 is off.
+//! Top-p (nucleus, Holtzman et al. 2020): order the tokens by logit descending, ties by lower
+//! id first, and keep a token when the probability mass of the tokens before it is <= p, so the
+//! first token is always kept. Masses are f64.
 //!
-//! Found without a sort: the last kept value is located by bisection over the row's values, and
-//! a tie group straddling the cut is split by id (see `tensor_ops::top_p_keep`).
+//! Parameter: `top_p` in [0, 1] (default 1). Off when >= 1.
+//!
+//! The plain form finds the cut without a sort: the last kept value by bisection over the
+//! row's values, a tie group straddling the cut split by id (`tensor_ops::top_p_keep`).
 
 use candle_core::Tensor;
+use sampler_kernels::spec::{row, StageOp};
 
 use crate::context::SamplingContext;
 use crate::error::Result;
-use crate::param::RowParam;
+use crate::param::{range, RowParam};
 use crate::processor::LogitsProcessor;
-use crate::tensor_ops::{keep_only, top_p_keep};
+use crate::stage::Stage;
+use crate::tensor_ops::{decision_dtype, keep_only, softmax, top_p_keep};
 
+/// Keeps the smallest head of the ranked row whose mass reaches p.
 #[derive(Clone, Debug)]
 pub struct TopP {
     p: RowParam,
@@ -22,8 +27,13 @@ impl TopP {
     /// `p` in [0, 1]; 1 is off.
     pub fn new(p: impl Into<RowParam>) -> Result<Self> {
         let p = p.into();
-        p.check("top_p", "in [0, 1]", |v| (0.0..=1.0).contains(&v))?;
+        p.check("top_p", "in [0, 1]", range::unit)?;
         Ok(Self { p })
+    }
+
+    /// Whether `p` is off (>= 1) for every row.
+    pub fn is_off(p: &RowParam) -> bool {
+        p.is_scalar_and(|v| v >= 1.0)
     }
 }
 
@@ -33,15 +43,17 @@ impl LogitsProcessor for TopP {
     }
 
     fn apply(&self, logits: &Tensor, _ctx: &SamplingContext) -> Result<Tensor> {
-        let p = self.p.column(logits.dim(0)?, logits.device())?;
-        let probs = candle_nn::ops::softmax_last_dim(logits)?;
+        let dev = logits.device();
+        let dt = decision_dtype(dev);
+        let p = self.p.column_as(logits.dim(0)?, dev, dt)?;
+        let probs = softmax(&logits.to_dtype(dt)?)?;
         let keep = top_p_keep(logits, &probs, &p)?;
-        let off = p.ge(1f32)?.broadcast_as(keep.shape())?;
+        let off = p.ge(1f64)?.broadcast_as(keep.shape())?;
         keep_only(logits, &(keep + off)?.gt(0u8)?)
     }
 
-    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
-        Box::new(self.clone())
+    fn stage(&self) -> Option<Stage> {
+        Some(Stage::new(StageOp::TopP(row::TopP { p: self.p.clone() })))
     }
 }
 
@@ -65,30 +77,18 @@ mod tests {
     fn keeps_while_preceding_mass_at_most_p() -> Result<()> {
         // sorted: 0.4 (before 0), 0.3 (0.4), 0.2 (0.7), 0.1 (0.9)
         let x = logits_of(&[0.1, 0.4, 0.2, 0.3]);
-        assert_eq!(
-            kept(&TopP::new(0.5)?.apply(&x, &ctx())?),
-            [false, true, false, true]
-        );
-        assert_eq!(
-            kept(&TopP::new(0.75)?.apply(&x, &ctx())?),
-            [false, true, true, true]
-        );
-        assert_eq!(
-            kept(&TopP::new(0.3)?.apply(&x, &ctx())?),
-            [false, true, false, false]
-        );
-        assert_eq!(
-            kept(&TopP::new(0.0)?.apply(&x, &ctx())?),
-            [false, true, false, false]
-        );
-        assert_eq!(kept(&TopP::new(1.0)?.apply(&x, &ctx())?), [true; 4]);
+        let k = |p: f32| kept(&TopP::new(p).unwrap().apply(&x, &ctx()).unwrap());
+        assert_eq!(k(0.5), [false, true, false, true]);
+        assert_eq!(k(0.75), [false, true, true, true]);
+        assert_eq!(k(0.3), [false, true, false, false]);
+        assert_eq!(k(0.0), [false, true, false, false]);
+        assert_eq!(k(1.0), [true; 4]);
         Ok(())
     }
 
     #[test]
     fn ties_are_split_by_lower_id_first() -> Result<()> {
-        // five tied tokens of 0.2: preceding masses in id order are
-        // 0, 0.2, 0.4, 0.6, 0.8 -> with p = 0.5, ids 0, 1 and 2 are kept.
+        // Five tied tokens of 0.2: masses before them in id order 0, 0.2, 0.4, 0.6, 0.8.
         let x = logits_of(&[0.2, 0.2, 0.2, 0.2, 0.2]);
         let y = TopP::new(0.5)?.apply(&x, &ctx())?;
         assert_eq!(kept(&y), [true, true, true, false, false]);
@@ -96,16 +96,11 @@ mod tests {
     }
 
     #[test]
-    fn keeps_neg_inf_as_is() -> Result<()> {
+    fn keeps_neg_inf_as_is_and_rejects_out_of_range() -> Result<()> {
         let x = t2(&[&[0.0, NINF, -0.1]]);
         let y = TopP::new(0.9)?.apply(&x, &ctx())?;
         assert_eq!(rows(&y)[0][1], NINF);
+        assert!(TopP::new(1.5).is_err() && TopP::new(-0.1).is_err());
         Ok(())
-    }
-
-    #[test]
-    fn rejects_out_of_range() {
-        assert!(TopP::new(1.5).is_err());
-        assert!(TopP::new(-0.1).is_err());
     }
 }

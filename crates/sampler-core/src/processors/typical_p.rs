@@ -1,20 +1,29 @@
-//! Locally typical sampling (Meister et al. 2022, "Locally typical sampling"; the HF
-//! `TypicalLogitsWarper`): with `H` the entropy (nats) of the row and `s = |-ln p - H|` the
-//! distance of each token's surprise from it, order the tokens by `s` ascending and keep the
-//! shortest prefix whose mass reaches `p` (ties in `s` at the cut are kept). p >= 1 is off; the
-//! most typical token is always kept.
+//! Locally typical sampling (Meister et al. 2022; the HF `TypicalLogitsWarper`): with `H` the
+//! entropy (nats) of the row and `s = |-ln p - H|` the distance of each token's surprise from
+//! it, order the tokens by `s` ascending and keep the shortest prefix whose mass reaches `p`
+//! (ties in `s` at the cut kept). The most typical token is always kept. Entropy, scores and
+//! masses are f64, so two scores that differ by far less than f32's rounding still order
+//! correctly.
 //!
-//! Without a sort: the cut value `v` (the smallest `s` with `mass(s <= v) >= p`) is found by a
-//! bisection over the row's own `s` values, as top-p does (see `tensor_ops`).
+//! Parameter: `typical_p` in [0, 1] (default 1). Off when >= 1.
+//!
+//! The plain form finds the cut (the smallest `s` with `mass(s' <= s) >= p`) by bisection over
+//! the row's own scores.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
+use sampler_kernels::spec::{row, StageOp};
 
 use crate::context::SamplingContext;
 use crate::error::Result;
-use crate::param::RowParam;
+use crate::param::{range, RowParam};
 use crate::processor::LogitsProcessor;
-use crate::tensor_ops::{finite, keep_only, masked_max, masked_min, masked_sum, VALUE_PROBES};
+use crate::stage::Stage;
+use crate::tensor_ops::{
+    decision_dtype, finite, keep_only, log_softmax, masked_max, masked_min, masked_sum,
+    VALUE_PROBES,
+};
 
+/// Keeps the tokens whose surprise is closest to the row's entropy.
 #[derive(Clone, Debug)]
 pub struct TypicalP {
     p: RowParam,
@@ -24,15 +33,14 @@ impl TypicalP {
     /// `p` in [0, 1]; 1 is off.
     pub fn new(p: impl Into<RowParam>) -> Result<Self> {
         let p = p.into();
-        p.check("typical_p", "in [0, 1]", |v| (0.0..=1.0).contains(&v))?;
+        p.check("typical_p", "in [0, 1]", range::unit)?;
         Ok(Self { p })
     }
-}
 
-/// Row-wise log-softmax (-inf stays -inf).
-pub(crate) fn log_softmax(x: &Tensor) -> Result<Tensor> {
-    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?;
-    Ok(shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(D::Minus1)?.log()?)?)
+    /// Whether `p` is off (>= 1) for every row.
+    pub fn is_off(p: &RowParam) -> bool {
+        p.is_scalar_and(|v| v >= 1.0)
+    }
 }
 
 impl LogitsProcessor for TypicalP {
@@ -41,34 +49,39 @@ impl LogitsProcessor for TypicalP {
     }
 
     fn apply(&self, logits: &Tensor, _ctx: &SamplingContext) -> Result<Tensor> {
-        let p = self.p.column(logits.dim(0)?, logits.device())?;
+        let dev = logits.device();
+        let dt = decision_dtype(dev);
+        let p = self.p.column_as(logits.dim(0)?, dev, dt)?;
         let fin = finite(logits)?;
-        let logp = log_softmax(logits)?;
+        let logp = log_softmax(&logits.to_dtype(dt)?)?;
         let probs = logp.exp()?;
-        let entropy = masked_sum(&(&probs * &logp)?, &fin)?.neg()?;
-        let s = logp.neg()?.broadcast_sub(&entropy)?.abs()?;
+        let zero = logp.zeros_like()?;
+        let entropy = masked_sum(&fin.where_cond(&(&probs * &logp)?, &zero)?, &fin)?.neg()?;
+        let s = fin.where_cond(&logp.neg()?.broadcast_sub(&entropy)?.abs()?, &zero)?;
         // Rounding may leave the total a hair below p: never ask for more than there is.
         let p_eff = p.minimum(&masked_sum(&probs, &fin)?)?;
         let mut lo = masked_min(&s, &fin)?;
         let mut hi = masked_max(&s, &fin)?;
-        for _ in 0..VALUE_PROBES {
+        for _ in 0..VALUE_PROBES + 16 {
             let mid = ((&lo * 0.5)? + (&hi * 0.5)?)?;
-            let le = s.broadcast_le(&mid)?;
+            let le = (s.broadcast_le(&mid)? * &fin)?;
             let enough = masked_sum(&probs, &le)?.ge(&p_eff)?;
-            // Enough mass at or below mid: v <= mid, so v <= the largest value at or below mid.
-            // Else v > mid, so v >= the smallest finite value above mid.
+            // Enough mass at or below mid: v <= mid, so v <= the largest score at or below mid.
+            // Else v > mid, so v >= the smallest score above mid.
             hi = enough.where_cond(&masked_max(&s, &le)?, &hi)?;
             lo = enough.where_cond(&lo, &masked_min(&s, &(le.eq(0u8)? * &fin)?)?)?;
         }
-        let lo_ok = masked_sum(&probs, &s.broadcast_le(&lo)?)?.ge(&p_eff)?;
+        let lo_ok = masked_sum(&probs, &(s.broadcast_le(&lo)? * &fin)?)?.ge(&p_eff)?;
         let v = lo_ok.where_cond(&lo, &hi)?;
         let keep = (s.broadcast_le(&v)? * &fin)?;
-        let off = p.ge(1f32)?.broadcast_as(keep.shape())?;
+        let off = p.ge(1f64)?.broadcast_as(keep.shape())?;
         keep_only(logits, &(keep + off)?.gt(0u8)?)
     }
 
-    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
-        Box::new(self.clone())
+    fn stage(&self) -> Option<Stage> {
+        Some(Stage::new(StageOp::TypicalP(row::TypicalP {
+            p: self.p.clone(),
+        })))
     }
 }
 
@@ -95,8 +108,7 @@ mod tests {
 
     #[test]
     fn published_cases_of_hf_and_llama_cpp() -> Result<()> {
-        // Both suites: p = 0.5 keeps {0.97} of {0.97, 0.01 x3} and the three 0.2s of
-        // {0.4, 0.2 x3} (their surprise is closer to the entropy than the 0.4's).
+        // p = 0.5 keeps {0.97} of {0.97, 0.01 x3} and the three 0.2s of {0.4, 0.2 x3}.
         let x = logits_of(&[&[0.97, 0.01, 0.01, 0.01], &[0.4, 0.2, 0.2, 0.2]]);
         let y = TypicalP::new(0.5)?.apply(&x, &ctx())?;
         assert_eq!(
@@ -106,19 +118,16 @@ mod tests {
                 vec![false, true, true, true]
             ]
         );
-        // Kept values are unchanged.
         assert_eq!(rows(&y)[1][1], 0.2f32.ln());
         Ok(())
     }
 
     #[test]
     fn ramp_keeps_the_two_most_typical() -> Result<()> {
-        // HF's ramp case (logits -5..4, mass 0.7): the two highest tokens (surprises 1.46 and
-        // 0.46 nats around an entropy of 1.04, s = 0.42 and 0.58) reach 0.86 >= 0.7.
+        // HF's ramp case (logits -5..4, mass 0.7): the two highest tokens reach 0.86 >= 0.7.
         let ramp: Vec<f32> = (0..10).map(|i| i as f32 - 5.0).collect();
         let y = TypicalP::new(0.7)?.apply(&t2(&[&ramp]), &ctx())?;
-        let k = kept(&y)[0].clone();
-        assert_eq!(k, [vec![false; 8], vec![true; 2]].concat());
+        assert_eq!(kept(&y)[0], [vec![false; 8], vec![true; 2]].concat());
         Ok(())
     }
 

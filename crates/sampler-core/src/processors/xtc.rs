@@ -7,20 +7,24 @@
 //!
 //! The coin: a Philox4x32-10 uniform keyed like the draw's (seed, row id, step) on counter lane 1
 //! ([`crate::philox::uniform_lane`]), so the draw's own stream (lane 0) is unchanged; XTC acts
-//! when `u < probability`.
+//! when `u < probability`. Probabilities are f64.
+//!
+//! Parameters: `xtc_probability` in [0, 1] (default 0, off), `xtc_threshold` in [0, 1]
+//! (default 0.1).
 
 use candle_core::Tensor;
+use sampler_kernels::spec::{row, StageOp};
+pub use sampler_kernels::XTC_LANE;
 
 use crate::context::SamplingContext;
 use crate::error::Result;
-use crate::param::RowParam;
+use crate::param::{range, RowParam};
 use crate::philox;
 use crate::processor::LogitsProcessor;
-use crate::tensor_ops::{count, keep_only, masked_max, masked_min};
+use crate::stage::Stage;
+use crate::tensor_ops::{count, decision_dtype, keep_only, masked_max, masked_min, softmax};
 
-/// The Philox counter lane of XTC's coin.
-pub const XTC_LANE: u32 = 1;
-
+/// Removes the most probable tokens, now and then.
 #[derive(Clone, Debug)]
 pub struct Xtc {
     probability: RowParam,
@@ -31,12 +35,17 @@ impl Xtc {
     /// `probability` and `threshold` in [0, 1].
     pub fn new(probability: impl Into<RowParam>, threshold: impl Into<RowParam>) -> Result<Self> {
         let (probability, threshold) = (probability.into(), threshold.into());
-        probability.check("xtc_probability", "in [0, 1]", |v| (0.0..=1.0).contains(&v))?;
-        threshold.check("xtc_threshold", "in [0, 1]", |v| (0.0..=1.0).contains(&v))?;
+        probability.check("xtc_probability", "in [0, 1]", range::unit)?;
+        threshold.check("xtc_threshold", "in [0, 1]", range::unit)?;
         Ok(Self {
             probability,
             threshold,
         })
+    }
+
+    /// Whether the probability is off (0) for every row.
+    pub fn is_off(probability: &RowParam) -> bool {
+        probability.is_scalar_and(|v| v <= 0.0)
     }
 
     /// The `[rows, 1]` coins of this step (computed on the host from the keys, uploaded once).
@@ -58,14 +67,15 @@ impl LogitsProcessor for Xtc {
     fn apply(&self, logits: &Tensor, ctx: &SamplingContext) -> Result<Tensor> {
         let (rows, vocab) = logits.dims2()?;
         let dev = logits.device();
-        let threshold = self.threshold.column(rows, dev)?;
+        let dt = decision_dtype(dev);
+        let threshold = self.threshold.column_as(rows, dev, dt)?;
         let acts = Self::coins(rows, ctx, dev)?.lt(&self.probability.column(rows, dev)?)?;
-        let probs = candle_nn::ops::softmax_last_dim(logits)?;
+        let probs = softmax(&logits.to_dtype(dt)?)?;
         let top = probs.broadcast_ge(&threshold)?;
         let acts = (acts * count(&top)?.ge(2f32)?)?;
         // The survivor: the least probable of the top tokens, the highest id among ties.
-        let least = masked_min(&probs, &top)?;
-        let at_least = (probs.broadcast_eq(&least)? * &top)?;
+        let least = masked_min(logits, &top)?;
+        let at_least = (logits.broadcast_eq(&least)? * &top)?;
         let ids = Tensor::arange(0f32, vocab as f32, dev)?
             .unsqueeze(0)?
             .broadcast_as((rows, vocab))?;
@@ -74,8 +84,11 @@ impl LogitsProcessor for Xtc {
         keep_only(logits, &removed.eq(0u8)?)
     }
 
-    fn clone_box(&self) -> Box<dyn LogitsProcessor> {
-        Box::new(self.clone())
+    fn stage(&self) -> Option<Stage> {
+        Some(Stage::new(StageOp::Xtc(row::Xtc {
+            probability: self.probability.clone(),
+            threshold: self.threshold.clone(),
+        })))
     }
 }
 
@@ -90,7 +103,7 @@ mod tests {
     }
 
     fn probs(y: &Tensor) -> Vec<f32> {
-        rows(&candle_nn::ops::softmax_last_dim(y).unwrap())[0].clone()
+        rows(&crate::tensor_ops::softmax(y).unwrap())[0].clone()
     }
 
     fn assert_probs(y: &Tensor, want: &[f32]) {

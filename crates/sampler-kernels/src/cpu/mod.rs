@@ -1,51 +1,192 @@
-//! CPU implementations of the fused ops: rows in parallel on rayon's pool, one pass over each
-//! row plus selection on its surviving candidates (no full sort), and per-thread scratch
-//! buffers that live as long as the thread, so the hot loop allocates nothing per row.
+//! The CPU implementation of the fused ops: a row program interpreted per row, rows in
+//! parallel on rayon's pool when there is enough work, per-thread scratch buffers that live as
+//! long as the thread (the hot loop allocates nothing per row).
 
-mod filter;
+mod cfg;
+mod draw;
+pub(crate) mod entropix;
+mod filters;
 mod penalties;
+mod row;
+mod select;
+mod temperature;
+pub(crate) mod vector;
 
-pub(crate) use filter::{filter, sample};
-pub(crate) use penalties::penalties;
+use std::cell::RefCell;
 
-use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, Layout, Result};
+use rayon::prelude::*;
 
-/// The contiguous f32 data of an op input of `len` elements.
-pub(crate) fn f32_slice<'a>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-    len: usize,
-) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        bail!("{what} must be f32, got {:?}", s.dtype())
-    };
-    contiguous(data, l, what, len)
+pub(crate) use row::{Emit, RowOutput};
+use row::{run_row, RowInput, Scratch};
+
+pub use temperature::{
+    entropy_temperature, sigmoid_is_dynamic, sigmoid_temperature, MIN_DYNAMIC_T,
+};
+
+use crate::error::{invalid, Result};
+use crate::spec::Program;
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// The contiguous u32 data of an op input of `len` elements.
-pub(crate) fn u32_slice<'a>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-    len: usize,
-) -> Result<&'a [u32]> {
-    let CpuStorage::U32(data) = s else {
-        bail!("{what} must be u32, got {:?}", s.dtype())
-    };
-    contiguous(data, l, what, len)
+/// Batches with fewer logits than this run on the calling thread: below it, handing rows to
+/// the pool costs more than it saves.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// A `[rows, cols]` input: rows `stride` apart in `data`.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided<'a, T> {
+    pub data: &'a [T],
+    pub stride: usize,
+    pub cols: usize,
 }
 
-fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str, len: usize) -> Result<&'a [T]> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!(
-            "{what} must be contiguous (call .contiguous() first), got strides {:?}",
-            l.stride()
-        )
-    };
-    if end - start != len || end > data.len() {
-        bail!("{what} has {} elements, expected {len}", end - start);
+impl<'a, T> Strided<'a, T> {
+    pub fn row(&self, r: usize) -> &'a [T] {
+        &self.data[r * self.stride..r * self.stride + self.cols]
     }
-    Ok(&data[start..end])
+
+    /// Checks that `rows` rows fit in `data`.
+    pub fn check(self, rows: usize, what: &str) -> Result<Self> {
+        if rows > 0 && (rows - 1) * self.stride + self.cols > self.data.len() {
+            return Err(invalid(format!(
+                "{what}: {rows} rows of {} with stride {} do not fit in {} elements",
+                self.cols,
+                self.stride,
+                self.data.len()
+            )));
+        }
+        Ok(self)
+    }
+}
+
+/// The histories of a segment: `tokens` rows (capacity `cols`), the valid length of each row,
+/// and optionally the token row each row reads (NAR: every position of a sequence reads the
+/// sequence's previous level).
+#[derive(Clone, Copy)]
+pub(crate) struct History<'a> {
+    pub tokens: Strided<'a, u32>,
+    pub lens: &'a [u32],
+    pub row_map: Option<&'a [u32]>,
+}
+
+impl<'a> History<'a> {
+    fn row(&self, r: usize) -> Result<&'a [u32]> {
+        let src = self.row_map.map_or(r, |m| m[r] as usize);
+        let len = self.lens[r] as usize;
+        let rows = if self.tokens.stride == 0 {
+            1
+        } else {
+            self.tokens.data.len().saturating_sub(self.tokens.cols) / self.tokens.stride + 1
+        };
+        if src >= rows {
+            return Err(invalid(format!(
+                "row {r}: history row {src} does not exist ({rows} rows)"
+            )));
+        }
+        if len > self.tokens.cols {
+            return Err(invalid(format!(
+                "row {r}: history length {len} exceeds the history width {}",
+                self.tokens.cols
+            )));
+        }
+        let start = src * self.tokens.stride;
+        Ok(&self.tokens.data[start..start + len])
+    }
+}
+
+/// Everything a segment reads, as host slices.
+pub(crate) struct Segment<'a> {
+    pub logits: Strided<'a, f32>,
+    pub null: Option<Strided<'a, f32>>,
+    pub params: Option<Strided<'a, f32>>,
+    pub history: Option<History<'a>>,
+    pub row_ids: Option<&'a [u32]>,
+    pub seed: u64,
+    pub step: u64,
+    pub state: Option<&'a [f32]>,
+    /// `[1 or rows, 4]` attention metrics.
+    pub attention: Option<Strided<'a, f32>>,
+}
+
+/// What a segment produced.
+pub(crate) struct Output {
+    /// `[rows, vocab]` processed logits, when asked for.
+    pub logits: Option<Vec<f32>>,
+    pub rows: Vec<RowOutput>,
+}
+
+fn one_row(
+    program: &Program,
+    seg: &Segment<'_>,
+    r: usize,
+    emit: Emit,
+    out: Option<&mut [f32]>,
+) -> Result<RowOutput> {
+    let inp = RowInput {
+        row: r,
+        x: seg.logits.row(r),
+        null: seg.null.map(|n| n.row(r)),
+        params: seg.params.map_or(&[][..], |p| p.row(r)),
+        hist: match &seg.history {
+            Some(h) if program.reads_history() => Some(h.row(r)?),
+            _ => None,
+        },
+        row_id: seg.row_ids.map_or(r as u32, |ids| ids[r]),
+        seed: seg.seed,
+        step: seg.step,
+        mu: seg.state.map(|s| s[r]),
+        attention: match seg.attention {
+            None => [0.0; 4],
+            Some(a) => {
+                let v = a.row(if a.stride == 0 { 0 } else { r });
+                [v[0], v[1], v[2], v[3]]
+            }
+        },
+    };
+    SCRATCH.with(|s| run_row(program, &inp, &mut s.borrow_mut(), emit, out))
+}
+
+/// Runs `program` on every row. With `write_logits` the processed rows are written out (for a
+/// selecting program under `Emit::Logits`, the distribution it would draw from).
+pub(crate) fn run(
+    program: &Program,
+    seg: &Segment<'_>,
+    rows: usize,
+    emit: Emit,
+    write_logits: bool,
+) -> Result<Output> {
+    let vocab = seg.logits.cols;
+    let parallel = rows > 1 && rows * vocab >= PARALLEL_MIN;
+    let (logits, results): (Option<Vec<f32>>, Vec<Result<RowOutput>>) = if write_logits {
+        let mut out = vec![0f32; rows * vocab];
+        let results = if parallel {
+            out.par_chunks_mut(vocab)
+                .enumerate()
+                .map(|(r, y)| one_row(program, seg, r, emit, Some(y)))
+                .collect()
+        } else {
+            out.chunks_mut(vocab)
+                .enumerate()
+                .map(|(r, y)| one_row(program, seg, r, emit, Some(y)))
+                .collect()
+        };
+        (Some(out), results)
+    } else {
+        let results = if parallel {
+            (0..rows)
+                .into_par_iter()
+                .map(|r| one_row(program, seg, r, emit, None))
+                .collect()
+        } else {
+            (0..rows)
+                .map(|r| one_row(program, seg, r, emit, None))
+                .collect()
+        };
+        (None, results)
+    };
+    // The first failing row, whatever order the pool ran them in.
+    let rows = results.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok(Output { logits, rows })
 }

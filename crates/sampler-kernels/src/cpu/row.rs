@@ -1,0 +1,411 @@
+//! One row through a program. The row's kept set starts as "every finite value" of the input
+//! row and is held in one of two forms:
+//!
+//! - dense: the values of the whole row (the input itself, or a private copy once a stage
+//!   changes a value) and a floor: the kept set is every value `>= floor`. Stages that keep an
+//!   upper set of values (min-p, top-k) only raise the floor, with thresholds found by
+//!   selection, so a long row is never materialised just to be cut to a few tokens;
+//! - candidates: the kept tokens as (value, id) pairs, once a stage needs them one by one
+//!   (top-p, typical-p, a temperature after a cut, ...).
+//!
+//! Decisions are computed in f64 (log-sum-exp, entropies, masses), values in f32, as the plain
+//! tensor path does, so both paths agree exactly up to the summation order of f64 sums.
+
+use super::select::Cand;
+use super::vector::{self, Scan, ALL_FINITE};
+use crate::error::{KernelError, Result};
+use crate::spec::{Program, StageOp, ENTROPIX_METRICS};
+
+/// Everything a row program reads for one row.
+pub(crate) struct RowInput<'a> {
+    pub row: usize,
+    pub x: &'a [f32],
+    pub null: Option<&'a [f32]>,
+    /// The row's parameter words (the program's columns).
+    pub params: &'a [f32],
+    /// The row's valid history (oldest first), when the program reads one.
+    pub hist: Option<&'a [u32]>,
+    pub row_id: u32,
+    pub seed: u64,
+    pub step: u64,
+    /// Mirostat's mu before this step; `None` = its initial value 2 tau.
+    pub mu: Option<f32>,
+    /// The row's attention metrics (zeros when none were given).
+    pub attention: [f32; 4],
+}
+
+/// What a row program produced besides its logits.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct RowOutput {
+    pub token: u32,
+    pub prob: f32,
+    pub logprob: f32,
+    /// Mirostat's mu after this step (the input value when the step did not draw).
+    pub mu: f32,
+    pub metrics: [f32; ENTROPIX_METRICS],
+    /// The kept set ended empty (every logit -inf).
+    pub empty: bool,
+}
+
+/// Whether a selecting program draws, or writes the distribution it would draw from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Emit {
+    Logits,
+    Tokens,
+}
+
+/// Per-thread buffers, reused from row to row. The vocabulary-sized maps are all-clear
+/// between rows: every entry a stage sets is reset before the stage returns.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub dense: Vec<f32>,
+    pub cands: Vec<Cand>,
+    pub f32s: Vec<f32>,
+    pub f64s: Vec<f64>,
+    pub f64b: Vec<f64>,
+    pub pairs: Vec<(f64, f64)>,
+    pub chunk_sums: Vec<f64>,
+    /// Candidate index of each id (`u32::MAX` = not a candidate).
+    pub pos: Vec<u32>,
+    /// Summed log-divisors of the repetition penalty, per id.
+    pub log_div: Vec<f32>,
+    /// Occurrences in a penalty window, per id.
+    pub counts: Vec<u32>,
+    /// (token, summed log-divisor, count) of each distinct token of a window.
+    pub effects: Vec<(u32, f32, u32)>,
+    /// DRY: the longest match per id.
+    pub best: Vec<u32>,
+    /// Ids touched by a dense edit.
+    pub touched: Vec<u32>,
+}
+
+impl Scratch {
+    pub(crate) fn fit(&mut self, vocab: usize) {
+        if self.pos.len() < vocab {
+            self.pos.resize(vocab, u32::MAX);
+            self.log_div.resize(vocab, 0.0);
+            self.counts.resize(vocab, 0);
+            self.best.resize(vocab, 0);
+        }
+    }
+}
+
+/// The row being processed.
+pub(crate) struct Row<'a, 's> {
+    pub inp: &'a RowInput<'a>,
+    pub s: &'s mut Scratch,
+    pub vocab: usize,
+    /// The dense values live in `s.dense` (else they are the input row).
+    owned: bool,
+    /// The kept set is `s.cands` (else the dense values `>= floor`).
+    cands: bool,
+    floor: f32,
+    max: Option<f32>,
+    pub out: RowOutput,
+}
+
+impl<'a, 's> Row<'a, 's> {
+    /// The row's parameter at column `c`.
+    #[inline]
+    pub fn p(&self, c: u32) -> f32 {
+        self.inp.params[c as usize]
+    }
+
+    /// The dense values.
+    pub fn vals(&self) -> &[f32] {
+        if self.owned {
+            &self.s.dense
+        } else {
+            self.inp.x
+        }
+    }
+
+    /// The dense values and the f32 scratch list, together.
+    pub fn dense_and_tmp(&mut self) -> (&[f32], &mut Vec<f32>) {
+        let Scratch { dense, f32s, .. } = &mut *self.s;
+        let x: &[f32] = if self.owned { dense } else { self.inp.x };
+        (x, f32s)
+    }
+
+    /// The dense values and the chunk-sum scratch, together.
+    pub fn dense_and_sums(&mut self) -> (&[f32], &mut Vec<f64>) {
+        let Scratch {
+            dense, chunk_sums, ..
+        } = &mut *self.s;
+        let x: &[f32] = if self.owned { dense } else { self.inp.x };
+        (x, chunk_sums)
+    }
+
+    pub fn is_cands(&self) -> bool {
+        self.cands
+    }
+
+    pub fn floor(&self) -> f32 {
+        self.floor
+    }
+
+    /// Raises the dense floor (values keep their place).
+    pub fn raise_floor(&mut self, t: f32) {
+        debug_assert!(!self.cands);
+        if t > self.floor {
+            self.floor = t;
+        }
+    }
+
+    /// Makes the dense values private (a copy of the input), to change them in place.
+    pub fn own(&mut self) {
+        if !self.owned && !self.cands {
+            self.s.dense.clear();
+            self.s.dense.extend_from_slice(self.inp.x);
+            self.owned = true;
+        }
+    }
+
+    /// Turns the kept set into candidates.
+    pub fn to_cands(&mut self) {
+        if self.cands {
+            return;
+        }
+        let mut c = std::mem::take(&mut self.s.cands);
+        c.clear();
+        vector::for_each_at_least(self.vals(), self.floor, |i, v| {
+            c.push(Cand { v, id: i as u32 })
+        });
+        self.s.cands = c;
+        self.cands = true;
+    }
+
+    /// Prepares a stage that changes values: private dense values when nothing was cut yet,
+    /// else candidates (a changed value must not move a token across the floor).
+    pub fn editable(&mut self) {
+        if !self.cands {
+            if self.floor > ALL_FINITE {
+                self.to_cands();
+            } else {
+                self.own();
+            }
+        }
+        self.max = None;
+    }
+
+    /// Values changed: forget the cached maximum.
+    pub fn changed(&mut self) {
+        self.max = None;
+    }
+
+    /// The largest kept value (`-inf` when the set is empty).
+    pub fn max(&mut self) -> f32 {
+        if let Some(m) = self.max {
+            return m;
+        }
+        let m = if self.cands {
+            self.s
+                .cands
+                .iter()
+                .fold(f32::NEG_INFINITY, |a, c| if c.v > a { c.v } else { a })
+        } else {
+            let m = vector::max(self.vals());
+            if m >= self.floor {
+                m
+            } else {
+                f32::NEG_INFINITY
+            }
+        };
+        self.max = Some(m);
+        m
+    }
+
+    /// The number of kept tokens.
+    pub fn count(&self) -> usize {
+        if self.cands {
+            self.s.cands.len()
+        } else {
+            vector::count_at_least(self.vals(), self.floor)
+        }
+    }
+
+    /// Applies `f(id, value)` to each listed id that is kept, each id once (ids may repeat in
+    /// `ids`; only the first occurrence is applied). Call [`Row::editable`] first.
+    pub fn edit(&mut self, ids: impl Iterator<Item = u32>, mut f: impl FnMut(usize, &mut f32)) {
+        if self.cands {
+            let Scratch { cands, pos, .. } = &mut *self.s;
+            for (i, c) in cands.iter().enumerate() {
+                pos[c.id as usize] = i as u32;
+            }
+            for (k, id) in ids.enumerate() {
+                let at = pos[id as usize];
+                if at != u32::MAX {
+                    f(k, &mut cands[at as usize].v);
+                    // Later occurrences of the id find it absent.
+                    pos[id as usize] = u32::MAX;
+                }
+            }
+            for c in cands.iter() {
+                pos[c.id as usize] = u32::MAX;
+            }
+        } else {
+            debug_assert!(self.owned);
+            let Scratch {
+                dense,
+                pos,
+                touched,
+                ..
+            } = &mut *self.s;
+            touched.clear();
+            for (k, id) in ids.enumerate() {
+                if pos[id as usize] == u32::MAX {
+                    pos[id as usize] = 0;
+                    touched.push(id);
+                    let v = &mut dense[id as usize];
+                    if *v > f32::NEG_INFINITY {
+                        f(k, v);
+                    }
+                }
+            }
+            for &id in touched.iter() {
+                pos[id as usize] = u32::MAX;
+            }
+        }
+        self.max = None;
+    }
+
+    /// Removes the kept tokens whose id is listed.
+    pub fn remove(&mut self, ids: &[u32]) {
+        if self.cands {
+            let Scratch { cands, pos, .. } = &mut *self.s;
+            for &id in ids {
+                pos[id as usize] = 0;
+            }
+            cands.retain(|c| pos[c.id as usize] == u32::MAX);
+            for &id in ids {
+                pos[id as usize] = u32::MAX;
+            }
+        } else {
+            self.own();
+            for &id in ids {
+                self.s.dense[id as usize] = f32::NEG_INFINITY;
+            }
+        }
+        self.max = None;
+    }
+
+    /// Keeps the candidates for which `keep(candidate, index)` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Cand, usize) -> bool) {
+        debug_assert!(self.cands);
+        let mut i = 0;
+        self.s.cands.retain(|c| {
+            let k = keep(c, i);
+            i += 1;
+            k
+        });
+        self.max = None;
+    }
+
+    /// `exp(v - max)` of each candidate into `s.f64s` (parallel to the candidates), and their
+    /// sum, in f64. Needs candidates.
+    pub fn cand_exps(&mut self) -> f64 {
+        let m = self.max();
+        let Scratch { cands, f64s, .. } = &mut *self.s;
+        f64s.clear();
+        let mut total = 0f64;
+        for c in cands.iter() {
+            let e = (c.v as f64 - m as f64).exp();
+            f64s.push(e);
+            total += e;
+        }
+        total
+    }
+
+    /// Writes the processed row: kept values in place, -inf elsewhere.
+    pub fn write(&self, out: &mut [f32]) {
+        if self.cands {
+            out.fill(f32::NEG_INFINITY);
+            for c in &self.s.cands {
+                out[c.id as usize] = c.v;
+            }
+        } else {
+            let floor = self.floor;
+            for (o, &v) in out.iter_mut().zip(self.vals()) {
+                *o = if v >= floor { v } else { f32::NEG_INFINITY };
+            }
+        }
+    }
+}
+
+/// The first error among the finite-value checks of an input row.
+pub(crate) fn check_row(x: &[f32], input: &'static str, row: usize) -> Result<f32> {
+    match vector::checked_max(x) {
+        Scan::Max(m) => Ok(m),
+        Scan::Bad { id, nan: true } => Err(KernelError::NanLogit { input, row, id }),
+        Scan::Bad { id, nan: false } => Err(KernelError::PosInfLogit { input, row, id }),
+    }
+}
+
+/// Runs `program` on one row; writes the processed row to `out` when given.
+pub(crate) fn run_row(
+    program: &Program,
+    inp: &RowInput<'_>,
+    s: &mut Scratch,
+    emit: Emit,
+    out: Option<&mut [f32]>,
+) -> Result<RowOutput> {
+    let vocab = inp.x.len();
+    s.fit(vocab);
+    let m = check_row(inp.x, "logits", inp.row)?;
+    if let Some(h) = inp.hist {
+        if let Some(&id) = h.iter().find(|&&t| t as usize >= vocab) {
+            return Err(KernelError::TokenOutOfRange {
+                what: "history",
+                id: id as u64,
+                vocab,
+            });
+        }
+    }
+    let mut row = Row {
+        inp,
+        s,
+        vocab,
+        owned: false,
+        cands: false,
+        floor: ALL_FINITE,
+        max: Some(m),
+        out: RowOutput {
+            mu: f32::NAN,
+            ..Default::default()
+        },
+    };
+    for op in &program.ops {
+        match op {
+            StageOp::Cfg(p) => row.cfg(p)?,
+            StageOp::Ban(ids) => row.ban(ids)?,
+            StageOp::LogitBias(entries) => row.logit_bias(entries)?,
+            StageOp::RepetitionDivide(p) => row.repetition_divide(p),
+            StageOp::RepetitionSignAware(p) => row.repetition_sign_aware(p),
+            StageOp::FrequencyPresence(p) => row.frequency_presence(p),
+            StageOp::LengthPenalty(p, stop) => row.length_penalty(p, *stop)?,
+            StageOp::Dry(p, tables) => row.dry(p, tables)?,
+            StageOp::MinP(p) => row.min_p(p),
+            StageOp::TopK(p) => row.top_k(p),
+            StageOp::TopP(p) => row.top_p(p),
+            StageOp::TypicalP(p) => row.typical_p(p),
+            StageOp::Xtc(p) => row.xtc(p),
+            StageOp::Temperature(p) => row.temperature(p),
+            StageOp::SigmoidTemperature(p) => row.sigmoid_temperature(p),
+            StageOp::EntropyTemperature(p) => row.entropy_temperature(p),
+            StageOp::TopNSigma(p) => row.top_n_sigma(p),
+            StageOp::MirostatV1(p, m) => row.mirostat_v1(p, *m, emit)?,
+            StageOp::MirostatV2(p) => row.mirostat_v2(p, emit)?,
+            StageOp::Entropix(c) => row.entropix(c)?,
+            StageOp::Draw(p) => {
+                if emit == Emit::Tokens {
+                    row.draw(p.greedy)?;
+                }
+            }
+        }
+    }
+    row.out.empty = row.max() == f32::NEG_INFINITY;
+    if let Some(o) = out {
+        row.write(o);
+    }
+    Ok(row.out)
+}

@@ -1,0 +1,375 @@
+//! Thresholds without sorting a row: the k-th largest value by selection (on a sample-guided
+//! subset of a long row), and the mass cuts of top-p and typical-p by histogram refinement over
+//! value buckets. Each costs a few linear passes whatever the shape of the distribution.
+
+use std::cmp::Ordering;
+
+use super::vector;
+
+/// A kept token of a row: its current value and its id.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Cand {
+    pub v: f32,
+    pub id: u32,
+}
+
+/// Values descending; -0 and +0 tie, as tensor comparisons make them.
+pub(crate) fn desc(a: f32, b: f32) -> Ordering {
+    b.partial_cmp(&a).unwrap_or(Ordering::Equal)
+}
+
+/// Value descending, then id ascending: the order of top-p.
+pub(crate) fn by_rank(a: &Cand, b: &Cand) -> Ordering {
+    desc(a.v, b.v).then(a.id.cmp(&b.id))
+}
+
+/// The k-th largest of `v` with ties counted (`1 <= k <= v.len()`); reorders `v`.
+pub(crate) fn kth_largest(v: &mut [f32], k: usize) -> f32 {
+    let k = k.clamp(1, v.len());
+    *v.select_nth_unstable_by(k - 1, |a, b| desc(*a, *b)).1
+}
+
+/// The k-th largest of the candidates' values (`1 <= k <= c.len()`), using `tmp`.
+pub(crate) fn kth_largest_cands(c: &[Cand], k: usize, tmp: &mut Vec<f32>) -> f32 {
+    tmp.clear();
+    tmp.extend(c.iter().map(|x| x.v));
+    kth_largest(tmp, k)
+}
+
+/// Rows at most this long are selected over directly.
+const DIRECT: usize = 2048;
+/// Elements sampled from a longer row to guess a threshold.
+const SAMPLE: usize = 512;
+
+/// The k-th largest value among the elements of `x` that are `>= floor`, of which there are
+/// `count` (`1 <= k <= count`).
+///
+/// A long row is first sampled at a fixed stride; the sample's value of about twice the
+/// expected rank bounds the answer from below with high probability, and only the elements at
+/// or above it are gathered and selected over. If fewer than k are gathered (an unlucky
+/// sample), every element of the set is. Either way the answer is exact.
+pub(crate) fn kth_largest_dense(
+    x: &[f32],
+    floor: f32,
+    k: usize,
+    count: usize,
+    tmp: &mut Vec<f32>,
+) -> f32 {
+    let k = k.clamp(1, count.max(1));
+    tmp.clear();
+    if x.len() > DIRECT && count > DIRECT {
+        let stride = x.len() / SAMPLE;
+        tmp.extend(
+            (0..SAMPLE)
+                .map(|i| x[i * stride])
+                .filter(|&v| v >= floor && v > f32::NEG_INFINITY),
+        );
+        let sampled = tmp.len();
+        if sampled > 0 {
+            // Expected rank of the k-th largest within the sample, doubled, plus slack.
+            let rank = ((2 * k + 16) as f64 * sampled as f64 / count as f64).ceil() as usize;
+            if rank < sampled {
+                let guess = kth_largest(tmp, rank + 1);
+                let lower = if guess > floor { guess } else { floor };
+                tmp.clear();
+                vector::for_each_at_least(x, lower, |_, v| tmp.push(v));
+                if tmp.len() >= k {
+                    return kth_largest(tmp, k);
+                }
+            }
+        }
+        tmp.clear();
+    }
+    vector::for_each_at_least(x, floor, |_, v| tmp.push(v));
+    kth_largest(tmp, k)
+}
+
+/// A candidate with its probability, for the mass cuts.
+#[derive(Clone, Copy, Debug)]
+struct Weighted {
+    v: f32,
+    id: u32,
+    q: f64,
+}
+
+/// Buckets of one histogram level.
+const BUCKETS: usize = 1024;
+/// A window this small is sorted instead of bucketed.
+const SORTED: usize = 256;
+
+/// Top-p over candidates with probabilities `q` (parallel to `c`): in (value desc, id asc)
+/// order a candidate is kept when the probability mass before it is `<= p`. Removes the others
+/// from `c` (and leaves `q` stale).
+///
+/// The last kept candidate is found by a histogram of the window's mass over value buckets
+/// (highest values first): buckets above the one holding it are kept whole, buckets below
+/// dropped, and the search goes on inside that bucket, until the window is small enough to sort
+/// or is one tie group, which is split by id.
+pub(crate) fn top_p(c: &mut Vec<Cand>, q: &[f64], p: f64) {
+    if c.is_empty() {
+        return;
+    }
+    let mut w: Vec<Weighted> = c
+        .iter()
+        .zip(q)
+        .map(|(x, &q)| Weighted { v: x.v, id: x.id, q })
+        .collect();
+    // w[..m] is the window: every candidate ranked before it is kept, with mass `before`
+    // (<= p, so the window's first candidate is kept too); every one after it dropped.
+    let mut m = w.len();
+    let mut before = 0f64;
+    let last = loop {
+        let win = &mut w[..m];
+        if m <= SORTED {
+            win.sort_unstable_by(|a, b| desc(a.v, b.v).then(a.id.cmp(&b.id)));
+            let mut last = win[0];
+            for x in win.iter() {
+                if before > p {
+                    break;
+                }
+                before += x.q;
+                last = *x;
+            }
+            break last;
+        }
+        let (lo, hi) = win
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), x| {
+                (lo.min(x.v), hi.max(x.v))
+            });
+        if lo == hi {
+            // One tie group, all of one probability: the first n by id are kept.
+            let q = win[0].q;
+            let mut n = 0;
+            while n < m && before <= p {
+                before += q;
+                n += 1;
+            }
+            break *win.select_nth_unstable_by_key(n - 1, |x| x.id).1;
+        }
+        let scale = BUCKETS as f64 / (hi as f64 - lo as f64);
+        let bucket = |v: f32| (((hi as f64 - v as f64) * scale) as usize).min(BUCKETS - 1);
+        let mut mass = vec![0f64; BUCKETS];
+        let mut count = vec![0u32; BUCKETS];
+        for x in win.iter() {
+            let b = bucket(x.v);
+            mass[b] += x.q;
+            count[b] += 1;
+        }
+        // The lowest non-empty bucket whose first candidate is still kept.
+        let mut target = 0;
+        let mut acc = before;
+        let mut target_before = before;
+        for b in 0..BUCKETS {
+            if count[b] == 0 {
+                continue;
+            }
+            if acc > p {
+                break;
+            }
+            target = b;
+            target_before = acc;
+            acc += mass[b];
+        }
+        before = target_before;
+        let mut k = 0;
+        for i in 0..m {
+            if bucket(win[i].v) == target {
+                win.swap(i, k);
+                k += 1;
+            }
+        }
+        m = k;
+    };
+    let last = Cand {
+        v: last.v,
+        id: last.id,
+    };
+    c.retain(|x| by_rank(x, &last) != Ordering::Greater);
+}
+
+/// The smallest key `K` of `items` (key, weight) such that the weight of the items with key
+/// `<= K` is `>= target`; the largest key when the total falls short. Reorders `items`.
+pub(crate) fn lowest_key_reaching(items: &mut [(f64, f64)], target: f64) -> f64 {
+    let mut m = items.len();
+    let mut below = 0f64;
+    loop {
+        let win = &mut items[..m];
+        if m <= SORTED {
+            win.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
+            let mut i = 0;
+            while i < m {
+                // A tie group counts as a whole.
+                let key = win[i].0;
+                while i < m && win[i].0 == key {
+                    below += win[i].1;
+                    i += 1;
+                }
+                if below >= target {
+                    return key;
+                }
+            }
+            return win[m - 1].0;
+        }
+        let (lo, hi) = win
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                (lo.min(x.0), hi.max(x.0))
+            });
+        if lo == hi {
+            return lo;
+        }
+        let scale = BUCKETS as f64 / (hi - lo);
+        let bucket = |k: f64| (((k - lo) * scale) as usize).min(BUCKETS - 1);
+        let mut mass = vec![0f64; BUCKETS];
+        let mut count = vec![0u32; BUCKETS];
+        for x in win.iter() {
+            let b = bucket(x.0);
+            mass[b] += x.1;
+            count[b] += 1;
+        }
+        // The first bucket whose end reaches the target holds the answer.
+        let mut target_bucket = None;
+        let mut acc = below;
+        let mut last_nonempty = 0;
+        for b in 0..BUCKETS {
+            if count[b] == 0 {
+                continue;
+            }
+            last_nonempty = b;
+            if acc + mass[b] >= target {
+                target_bucket = Some((b, acc));
+                break;
+            }
+            acc += mass[b];
+        }
+        let (b, acc) = target_bucket.unwrap_or((last_nonempty, acc - mass[last_nonempty]));
+        below = acc;
+        let mut k = 0;
+        for i in 0..m {
+            if bucket(win[i].0) == b {
+                win.swap(i, k);
+                k += 1;
+            }
+        }
+        m = k;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn kth_largest_dense_matches_a_sort_on_long_and_tied_rows() {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        for case in 0..40 {
+            let n = [100usize, 3000, 40_000][case % 3];
+            let levels = [3u64, 50, 1 << 30][case % 3 / 1 % 3];
+            let x: Vec<f32> = (0..n)
+                .map(|i| {
+                    if i % 11 == 3 {
+                        f32::NEG_INFINITY
+                    } else {
+                        (xorshift(&mut s) % levels) as f32 * 0.01 - 5.0
+                    }
+                })
+                .collect();
+            let floor = if case % 2 == 0 { vector::ALL_FINITE } else { -4.0 };
+            let mut set: Vec<f32> = x.iter().cloned().filter(|&v| v >= floor).collect();
+            set.sort_by(|a, b| b.partial_cmp(a).unwrap());
+            let mut tmp = Vec::new();
+            for k in [1usize, 2, 7, 50, 500] {
+                if k > set.len() {
+                    continue;
+                }
+                let got = kth_largest_dense(&x, floor, k, set.len(), &mut tmp);
+                assert_eq!(got, set[k - 1], "case {case} n {n} k {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_while_mass_before_is_at_most_p_on_long_rows() {
+        let mut s = 7u64;
+        for case in 0..12 {
+            let n = [300usize, 5000][case % 2];
+            let c: Vec<Cand> = (0..n as u32)
+                .map(|id| Cand {
+                    v: if case % 3 == 0 {
+                        (xorshift(&mut s) % 7) as f32
+                    } else {
+                        (xorshift(&mut s) % 100_000) as f32 * 1e-4
+                    },
+                    id,
+                })
+                .collect();
+            let m = c.iter().map(|x| x.v).fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f64> = c.iter().map(|x| ((x.v - m) as f64).exp()).collect();
+            let total: f64 = e.iter().sum();
+            let q: Vec<f64> = e.iter().map(|e| e / total).collect();
+            for p in [0.0, 0.2, 0.5, 0.9, 0.999] {
+                let mut order: Vec<usize> = (0..n).collect();
+                order.sort_by(|&a, &b| by_rank(&c[a], &c[b]));
+                let mut before = 0.0;
+                let mut want: Vec<u32> = Vec::new();
+                for &i in &order {
+                    if before <= p {
+                        want.push(c[i].id);
+                    }
+                    before += q[i];
+                }
+                want.sort();
+                let mut got = c.clone();
+                top_p(&mut got, &q, p);
+                let mut ids: Vec<u32> = got.iter().map(|x| x.id).collect();
+                ids.sort();
+                assert_eq!(ids, want, "case {case} p {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn lowest_key_reaching_counts_ties_as_a_group() {
+        let mut s = 3u64;
+        for n in [10usize, 300, 4000] {
+            let items: Vec<(f64, f64)> = (0..n)
+                .map(|_| {
+                    (
+                        (xorshift(&mut s) % 50) as f64 * 0.1,
+                        (xorshift(&mut s) % 1000) as f64 / 1000.0 + 1e-3,
+                    )
+                })
+                .collect();
+            let total: f64 = items.iter().map(|x| x.1).sum();
+            for frac in [0.0, 0.1, 0.5, 0.99, 1.0] {
+                let target = frac * total;
+                let mut sorted = items.clone();
+                sorted.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+                let mut want = sorted[n - 1].0;
+                let mut i = 0;
+                let mut acc = 0.0;
+                while i < n {
+                    let k = sorted[i].0;
+                    while i < n && sorted[i].0 == k {
+                        acc += sorted[i].1;
+                        i += 1;
+                    }
+                    if acc >= target {
+                        want = k;
+                        break;
+                    }
+                }
+                let mut work = items.clone();
+                assert_eq!(lowest_key_reaching(&mut work, target), want, "n {n} {frac}");
+            }
+        }
+    }
+}

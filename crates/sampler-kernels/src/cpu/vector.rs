@@ -1,0 +1,256 @@
+//! Whole-row passes written so that the compiler turns them into vector code: fixed-width lane
+//! arrays, no early exits inside a chunk, no fused multiply-adds. Sums keep one accumulator per
+//! lane and add the lanes in a fixed order, so a result never depends on the vector width the
+//! binary was built for.
+
+/// Lanes of a chunk.
+pub(crate) const LANES: usize = 16;
+
+/// The smallest finite f32: "every finite value" as an inclusive lower bound.
+pub(crate) const ALL_FINITE: f32 = f32::MIN;
+
+/// What the first pass over a row found.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Scan {
+    /// The largest value (`-inf` when every value is `-inf`).
+    Max(f32),
+    /// The first NaN or +inf, by id.
+    Bad { id: usize, nan: bool },
+}
+
+/// The row maximum, after checking that no value is NaN or +inf.
+pub(crate) fn checked_max(x: &[f32]) -> Scan {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    // `v < inf` is false for NaN and +inf alike.
+    let mut ok = [true; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for j in 0..LANES {
+            m[j] = if ch[j] > m[j] { ch[j] } else { m[j] };
+            ok[j] &= ch[j] < f32::INFINITY;
+        }
+    }
+    let mut max = fold_max(&m);
+    let mut good = ok.iter().all(|o| *o);
+    for &v in tail {
+        max = if v > max { v } else { max };
+        good &= v < f32::INFINITY;
+    }
+    if good {
+        return Scan::Max(max);
+    }
+    let id = x.iter().position(|v| !(*v < f32::INFINITY)).unwrap_or(0);
+    Scan::Bad {
+        id,
+        nan: x.get(id).is_some_and(|v| v.is_nan()),
+    }
+}
+
+fn fold_max(m: &[f32; LANES]) -> f32 {
+    m.iter()
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+}
+
+/// The largest value of `x`.
+pub(crate) fn max(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for j in 0..LANES {
+            m[j] = if ch[j] > m[j] { ch[j] } else { m[j] };
+        }
+    }
+    tail.iter()
+        .fold(fold_max(&m), |a, &b| if b > a { b } else { a })
+}
+
+/// The number of values `>= t` (`t` finite, so `-inf` never counts).
+pub(crate) fn count_at_least(x: &[f32], t: f32) -> usize {
+    let mut c = [0u32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    let mut total = 0usize;
+    for (i, ch) in chunks.enumerate() {
+        for j in 0..LANES {
+            c[j] += (ch[j] >= t) as u32;
+        }
+        // Flush before a lane could overflow.
+        if i % 0x0fff_ffff == 0x0fff_fffe {
+            total += c.iter().map(|&v| v as usize).sum::<usize>();
+            c = [0; LANES];
+        }
+    }
+    total += c.iter().map(|&v| v as usize).sum::<usize>();
+    total + tail.iter().filter(|&&v| v >= t).count()
+}
+
+/// Calls `f(id, value)` for every value `>= t`, in id order. A chunk without one costs one
+/// vector compare.
+#[inline]
+pub(crate) fn for_each_at_least(x: &[f32], t: f32, mut f: impl FnMut(usize, f32)) {
+    let chunks = x.chunks_exact(LANES);
+    let tail_at = x.len() - chunks.remainder().len();
+    for (k, ch) in chunks.enumerate() {
+        let mut any = false;
+        for &v in ch {
+            any |= v >= t;
+        }
+        if any {
+            for (j, &v) in ch.iter().enumerate() {
+                if v >= t {
+                    f(k * LANES + j, v);
+                }
+            }
+        }
+    }
+    for (j, &v) in x[tail_at..].iter().enumerate() {
+        if v >= t {
+            f(tail_at + j, v);
+        }
+    }
+}
+
+/// `x[i] /= d` for every i (`-inf` stays `-inf` for `d > 0`).
+pub(crate) fn divide(x: &mut [f32], d: f32) {
+    for v in x.iter_mut() {
+        *v /= d;
+    }
+}
+
+/// `exp(x)` in f32 for `x <= 0` (the shifted logits of a row), within about 2e-7 relative of
+/// the exact value; 0 for `x < -87` (where the exact value is below f32's normal range) and for
+/// `-inf`. Written with plain arithmetic and selects so that a loop over it vectorises.
+#[inline(always)]
+pub(crate) fn exp_neg(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Rounds to the nearest integer by the float adder: 1.5 * 2^23 pushes the fraction out.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = if x < -87.0 { -87.0 } else { x };
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    // e^r on [-ln2/2, ln2/2]: Taylor to degree 7 (truncation below 5e-9).
+    let p = 1.0 / 5040.0;
+    let p = p * r + 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    // 2^n from the exponent bits; n is in [-126, 0] after the clamp.
+    let bits = ((t.to_bits() as i32 - ROUND.to_bits() as i32 + 127) as u32) << 23;
+    let e = p * f32::from_bits(bits);
+    if x < -87.0 {
+        0.0
+    } else {
+        e
+    }
+}
+
+/// Elements of one chunk of [`exp_chunk_sums`].
+pub(crate) const EXP_CHUNK: usize = 64;
+
+/// For the weights `w[i] = exp_neg(x[i] - m)` where `x[i] >= floor` and 0 elsewhere: the sum of
+/// each chunk of [`EXP_CHUNK`] elements in `sums` (f64, lanes added in a fixed order), and their
+/// total.
+pub(crate) fn exp_chunk_sums(x: &[f32], m: f32, floor: f32, sums: &mut Vec<f64>) -> f64 {
+    sums.clear();
+    let mut total = 0f64;
+    for chunk in x.chunks(EXP_CHUNK) {
+        let mut acc = [0f64; LANES];
+        let lanes = chunk.chunks_exact(LANES);
+        let tail = lanes.remainder();
+        for ch in lanes {
+            for j in 0..LANES {
+                let e = exp_neg(ch[j] - m);
+                acc[j] += if ch[j] >= floor { e as f64 } else { 0.0 };
+            }
+        }
+        let mut s = 0f64;
+        for a in acc {
+            s += a;
+        }
+        for &v in tail {
+            if v >= floor {
+                s += exp_neg(v - m) as f64;
+            }
+        }
+        sums.push(s);
+        total += s;
+    }
+    total
+}
+
+/// The weight of one element in [`exp_chunk_sums`]' terms.
+#[inline]
+pub(crate) fn weight(v: f32, m: f32, floor: f32) -> f64 {
+    if v >= floor {
+        exp_neg(v - m) as f64
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_neg_is_close_to_exp_and_zero_below_range() {
+        let mut worst = 0f64;
+        let mut x = 0f32;
+        while x > -87.0 {
+            let got = exp_neg(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max(((got - want) / want).abs());
+            x -= 0.000_37;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!(exp_neg(0.0), 1.0);
+        assert_eq!(exp_neg(-88.0), 0.0);
+        assert_eq!(exp_neg(f32::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn passes_agree_with_plain_loops() {
+        let x: Vec<f32> = (0..1000)
+            .map(|i| {
+                if i % 97 == 5 {
+                    f32::NEG_INFINITY
+                } else {
+                    ((i * 7919) % 613) as f32 * 0.01 - 3.0
+                }
+            })
+            .collect();
+        let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(max(&x), m);
+        assert_eq!(checked_max(&x), Scan::Max(m));
+        assert_eq!(count_at_least(&x, 0.5), x.iter().filter(|&&v| v >= 0.5).count());
+        assert_eq!(count_at_least(&x, ALL_FINITE), 1000 - 11);
+        let mut seen = Vec::new();
+        for_each_at_least(&x, 2.5, |i, v| seen.push((i, v)));
+        let want: Vec<(usize, f32)> = x
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v >= 2.5)
+            .map(|(i, &v)| (i, v))
+            .collect();
+        assert_eq!(seen, want);
+        let mut sums = Vec::new();
+        let total = exp_chunk_sums(&x, m, ALL_FINITE, &mut sums);
+        let exact: f64 = x.iter().map(|&v| ((v - m) as f64).exp()).sum();
+        assert!(((total - exact) / exact).abs() < 1e-6);
+        assert_eq!(sums.len(), 1000usize.div_ceil(EXP_CHUNK));
+        let mut bad = x.clone();
+        bad[700] = f32::NAN;
+        bad[800] = f32::INFINITY;
+        assert_eq!(checked_max(&bad), Scan::Bad { id: 700, nan: true });
+        bad[700] = 0.0;
+        assert_eq!(checked_max(&bad), Scan::Bad { id: 800, nan: false });
+    }
+}
