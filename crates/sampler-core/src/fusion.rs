@@ -65,6 +65,8 @@ pub(crate) struct Segment {
     pub program: Program,
     pub params: Option<Tensor>,
     pub sinks: Vec<Sink>,
+    /// The plan's first fused segment.
+    pub first: bool,
 }
 
 impl Segment {
@@ -182,11 +184,13 @@ impl Plan {
                 run.into_iter().map(|s| resolve(s.op, key.vocab)).collect();
             let (program, columns) = Program::compile(ops);
             let params = pack(&columns, key.rows, device)?;
+            let first = !parts.iter().any(|p| matches!(p, Part::Fused(_)));
             parts.push(Part::Fused(Segment {
                 steps: i..j,
                 program,
                 params,
                 sinks,
+                first,
             }));
             i = j;
         }
@@ -283,7 +287,8 @@ impl Segment {
         })
     }
 
-    /// The segment's input record over `x` and `c`.
+    /// The segment's input record over `x` and `c`. The first segment of a plan gets the
+    /// history even when it reads none of it, so that its ids are checked.
     pub fn input<'a>(
         &'a self,
         x: &'a Tensor,
@@ -291,7 +296,7 @@ impl Segment {
         ctx: &'a SamplingContext,
         row_ids: Option<&'a Tensor>,
     ) -> SegmentInput<'a> {
-        let history = if self.program.reads_history() {
+        let history = if self.program.reads_history() || self.first {
             ctx.history().map(|h| {
                 let (tokens, row_map) = h.buffer();
                 HistoryInput {

@@ -1,7 +1,7 @@
 //! Statistical and determinism tests of the draw.
 
 use candle_core::{Device, Tensor};
-use sampler_core::{draw, DrawRule, SamplingContext};
+use sampler_core::{draw, RowParam, SamplingContext};
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
 /// Pearson's chi-square test of multinomial frequencies. 40 000 rows of one distribution over
@@ -15,7 +15,7 @@ fn multinomial_frequencies_pass_chi_square() {
     let logits: Vec<f32> = probs.iter().map(|p| p.ln() as f32).collect();
     let n = 40_000usize;
     let x = Tensor::from_vec(logits.repeat(n), (n, probs.len()), &Device::Cpu).unwrap();
-    let d = draw(&x, &DrawRule::Multinomial, &SamplingContext::new(20261129)).unwrap();
+    let d = draw(&x, &RowParam::Scalar(0.0), &SamplingContext::new(20261129)).unwrap();
     let mut counts = [0usize; 10];
     for t in d.tokens.to_vec1::<u32>().unwrap() {
         counts[t as usize] += 1;
@@ -61,7 +61,7 @@ fn a_row_draws_the_same_alone_and_in_a_batch() {
         let ctx = SamplingContext::new(77)
             .with_step(step)
             .with_row_ids(ids.clone());
-        let together = draw(&batch, &DrawRule::Multinomial, &ctx).unwrap();
+        let together = draw(&batch, &RowParam::Scalar(0.0), &ctx).unwrap();
         let together = together.tokens.to_vec1::<u32>().unwrap();
         for r in 0..8 {
             let one = SamplingContext::new(77)
@@ -69,7 +69,7 @@ fn a_row_draws_the_same_alone_and_in_a_batch() {
                 .with_row_ids(vec![ids[r]]);
             let alone = draw(
                 &batch.narrow(0, r, 1).unwrap(),
-                &DrawRule::Multinomial,
+                &RowParam::Scalar(0.0),
                 &one,
             )
             .unwrap();

@@ -1,11 +1,11 @@
-//! The samplers of issue 3 through the public API: where the builder puts each of them in the
-//! default chain, that their defaults leave the reference chain untouched, and that they work
-//! from a `SamplerConfig` on a batch.
+//! The samplers beyond the reference pipeline through the public API: where the builder puts
+//! each of them in the default chain, that their defaults leave the reference chain untouched,
+//! and that they work from a `SamplerConfig` on a batch.
 
 use candle_core::{Device, Tensor};
-use sampler_core::processors::{Mirostat, MirostatVersion};
+use sampler_core::processors::Mirostat;
 use sampler_core::{
-    ExecPath, History, Mode, RepetitionPenaltyMode, Sampler, SamplerBuilder, SamplerConfig,
+    ExecPath, History, MirostatVersion, Mode, RepetitionPenaltyMode, Sampler, SamplerBuilder, SamplerConfig,
     SamplingContext,
 };
 
@@ -17,11 +17,16 @@ fn logits(rows: usize, vocab: usize) -> Tensor {
     Tensor::from_vec(v, (rows, vocab), &Device::Cpu).unwrap()
 }
 
-/// The chain of the plain path (every processor its own step, in the builder's order).
+/// The processors in the builder's order, then the selector unless it is the plain draw.
 fn chain_names(cfg: &SamplerConfig, mode: Mode) -> Vec<&'static str> {
     cfg.validate().unwrap();
     let b = SamplerBuilder::from_config(cfg, mode).path(ExecPath::Plain);
-    b.build_chain().unwrap().names()
+    let mut names = b.build_chain().unwrap().names();
+    let selector = b.build_selector().unwrap().name();
+    if selector != "draw" {
+        names.push(selector);
+    }
+    names
 }
 
 #[test]
@@ -85,7 +90,6 @@ fn every_processor_in_its_documented_place() {
         repetition_penalty_mode: RepetitionPenaltyMode::SignAware,
         ..Default::default()
     };
-    // Its own name: the fused penalty op (divide form only) must not take it for its own.
     assert_eq!(
         chain_names(&cfg, Mode::Ar),
         vec!["repetition_penalty_sign_aware"]
@@ -199,7 +203,7 @@ fn cfg_needs_and_uses_the_null_logits() -> anyhow::Result<()> {
 #[test]
 fn mirostat_state_lives_in_the_sampler_and_resets_per_row() -> anyhow::Result<()> {
     let cfg = SamplerConfig {
-        mirostat: 2,
+        mirostat: MirostatVersion::V2,
         mirostat_tau: 3.0,
         mirostat_eta: 0.1,
         ..Default::default()
@@ -210,7 +214,7 @@ fn mirostat_state_lives_in_the_sampler_and_resets_per_row() -> anyhow::Result<()
         s.sample(&x, &SamplingContext::new(9).with_step(step))?;
     }
     let dev = Device::Cpu;
-    let m = s.chain().find::<Mirostat>().expect("mirostat in the chain");
+    let m = s.find::<Mirostat>().expect("mirostat selects");
     assert_eq!(m.version(), MirostatVersion::V2);
     let mu = m.mu(3, &dev)?.to_vec1::<f32>()?;
     assert!(
@@ -219,20 +223,17 @@ fn mirostat_state_lives_in_the_sampler_and_resets_per_row() -> anyhow::Result<()
     );
     s.reset_rows(&Tensor::new(&[0u8, 1, 0], &dev)?)?;
     let after = s
-        .chain()
         .find::<Mirostat>()
         .unwrap()
         .mu(3, &dev)?
         .to_vec1::<f32>()?;
     assert_eq!((after[0], after[1], after[2]), (mu[0], 6.0, mu[2]));
     // A hand-set state through the mutable chain.
-    s.chain_mut()
-        .find_mut::<Mirostat>()
+    s.find_mut::<Mirostat>()
         .unwrap()
         .set_mu(&Tensor::new(&[1f32, 2.0, 3.0], &dev)?)?;
     assert_eq!(
-        s.chain()
-            .find::<Mirostat>()
+        s.find::<Mirostat>()
             .unwrap()
             .mu(3, &dev)?
             .to_vec1::<f32>()?,
@@ -240,8 +241,7 @@ fn mirostat_state_lives_in_the_sampler_and_resets_per_row() -> anyhow::Result<()
     );
     s.reset();
     assert_eq!(
-        s.chain()
-            .find::<Mirostat>()
+        s.find::<Mirostat>()
             .unwrap()
             .mu(3, &dev)?
             .to_vec1::<f32>()?,

@@ -55,7 +55,7 @@ fn filters(k: f32, p: f32, min_p: f32, n: f32) -> Vec<Box<dyn LogitsProcessor>> 
     vec![
         Box::new(TopK::new(k).unwrap()),
         Box::new(TopP::new(p).unwrap()),
-        Box::new(MinP::new(min_p, 1.0).unwrap()),
+        Box::new(MinP::with(min_p, 1.0).unwrap()),
         Box::new(TopNSigma::new(n).unwrap()),
     ]
 }

@@ -124,15 +124,28 @@ fn one_row(
     emit: Emit,
     out: Option<&mut [f32]>,
 ) -> Result<RowOutput> {
+    // A given history is checked whatever the program reads of it.
+    let hist = match &seg.history {
+        Some(h) => {
+            let row = h.row(r)?;
+            let vocab = seg.logits.cols;
+            if let Some(&id) = row.iter().find(|&&t| t as usize >= vocab) {
+                return Err(crate::error::KernelError::TokenOutOfRange {
+                    what: "history",
+                    id: id as u64,
+                    vocab,
+                });
+            }
+            program.reads_history().then_some(row)
+        }
+        None => None,
+    };
     let inp = RowInput {
         row: r,
         x: seg.logits.row(r),
         null: seg.null.map(|n| n.row(r)),
         params: seg.params.map_or(&[][..], |p| p.row(r)),
-        hist: match &seg.history {
-            Some(h) if program.reads_history() => Some(h.row(r)?),
-            _ => None,
-        },
+        hist,
         row_id: seg.row_ids.map_or(r as u32, |ids| ids[r]),
         seed: seg.seed,
         step: seg.step,

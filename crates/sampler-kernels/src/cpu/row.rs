@@ -352,15 +352,6 @@ pub(crate) fn run_row(
     let vocab = inp.x.len();
     s.fit(vocab);
     let m = check_row(inp.x, "logits", inp.row)?;
-    if let Some(h) = inp.hist {
-        if let Some(&id) = h.iter().find(|&&t| t as usize >= vocab) {
-            return Err(KernelError::TokenOutOfRange {
-                what: "history",
-                id: id as u64,
-                vocab,
-            });
-        }
-    }
     let mut row = Row {
         inp,
         s,
