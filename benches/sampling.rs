@@ -35,13 +35,13 @@ fn devices() -> Vec<(&'static str, Device)> {
 fn processors(w: &Workload) -> Vec<Box<dyn LogitsProcessor>> {
     let all: Vec<Box<dyn LogitsProcessor>> = vec![
         Box::new(BanTokens::stop_token(None)),
-        Box::new(RepetitionPenalty::new(1.5, 0.2, 75.0).unwrap()),
+        Box::new(RepetitionPenalty::divide(1.5, 0.2, 75.0).unwrap()),
         Box::new(LengthPenalty::new(0.5, None).unwrap()),
-        Box::new(MinP::new(0.05, 32.0).unwrap()),
+        Box::new(MinP::with(0.05, 32.0).unwrap()),
         Box::new(TopK::new(50.0).unwrap()),
         Box::new(TopP::new(0.9).unwrap()),
         Box::new(Temperature::new(0.8).unwrap()),
-        Box::new(DynamicTemperature::new(1.5, 0.5).unwrap()),
+        Box::new(DynamicTemperature::with(1.5, 0.5).unwrap()),
         Box::new(TopNSigma::new(1.0).unwrap()),
     ];
     all.into_iter()

@@ -9,9 +9,9 @@ pub use sampler_driver as driver;
 pub use sampler_kernels as kernels;
 
 pub use sampler_core::{
-    Chain, DrawRule, Drawn, ExecPath, History, LogitsProcessor, Mode, RowParam, Sampler,
-    SamplerBuilder, SamplerConfig, SamplerError, SamplingContext,
+    Chain, Draw, Drawn, ExecPath, History, Knob, LogitsProcessor, Mode, RowParam, Sampler,
+    SamplerBuilder, SamplerConfig, SamplerError, SamplingContext, Selector,
 };
 pub use sampler_driver::{
-    CodecLm, Driver, DriverConfig, DriverError, Generation, Knob, Progress, Rows, StageConfig,
+    CodecLm, Driver, DriverConfig, DriverError, Generation, Progress, Rows, StageConfig,
 };

@@ -1,45 +1,11 @@
 //! The driver's configuration: one sampler configuration per stage, optional per-sequence
-//! values for any knob (e.g. a different temperature per row), and the loop's limits.
+//! values for any numeric key ([`Knob`], e.g. a different temperature per row), and the loop's
+//! limits.
 
 use candle_core::{Device, Tensor};
-use sampler_core::{Mode, RowParam, Sampler, SamplerBuilder, SamplerConfig};
+use sampler_core::{Knob, Mode, Sampler, SamplerBuilder, SamplerConfig};
 
 use crate::error::{invalid, Result};
-
-/// A sampler knob that may take one value per sequence of the batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Knob {
-    Temperature,
-    MinTemperature,
-    TopK,
-    TopP,
-    MinP,
-    MinPMinTokens,
-    RepetitionPenalty,
-    RepetitionPenaltyDecay,
-    RepetitionPenaltyWindow,
-    LengthPenalty,
-    /// The n of top-n-sigma (`top_no`).
-    TopNSigma,
-}
-
-impl Knob {
-    fn set(self, b: SamplerBuilder, v: RowParam) -> SamplerBuilder {
-        match self {
-            Knob::Temperature => b.temperature(v),
-            Knob::MinTemperature => b.min_temperature(v),
-            Knob::TopK => b.top_k(v),
-            Knob::TopP => b.top_p(v),
-            Knob::MinP => b.min_p(v),
-            Knob::MinPMinTokens => b.min_p_min_tokens(v),
-            Knob::RepetitionPenalty => b.repetition_penalty(v),
-            Knob::RepetitionPenaltyDecay => b.repetition_penalty_decay(v),
-            Knob::RepetitionPenaltyWindow => b.repetition_penalty_window(v),
-            Knob::LengthPenalty => b.length_penalty(v),
-            Knob::TopNSigma => b.top_no(v),
-        }
-    }
-}
 
 /// The sampling of one stage (AR or NAR): a [`SamplerConfig`] for every sequence, and
 /// per-sequence overrides. An override holds one value per sequence of the batch; the NAR stage
@@ -96,7 +62,7 @@ impl StageConfig {
                 .zip(repeats)
                 .flat_map(|(&v, &n)| std::iter::repeat_n(v, n))
                 .collect();
-            b = knob.set(b, Tensor::from_vec(per_row, rows, device)?.into());
+            b = b.set(*knob, Tensor::from_vec(per_row, rows, device)?);
         }
         Ok(b.build()?)
     }

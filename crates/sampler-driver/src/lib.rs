@@ -22,7 +22,8 @@ pub mod driver;
 pub mod error;
 pub mod model;
 
-pub use config::{DriverConfig, Knob, StageConfig};
+pub use config::{DriverConfig, StageConfig};
+pub use sampler_core::Knob;
 pub use driver::{Driver, Generation, Progress, Rows, NAR_STEP_BASE};
 pub use error::{DriverError, Result};
 pub use model::CodecLm;
