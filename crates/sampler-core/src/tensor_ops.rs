@@ -35,9 +35,10 @@ pub(crate) fn log_softmax(x: &Tensor) -> Result<Tensor> {
     Ok(shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(D::Minus1)?.log()?)?)
 }
 
-/// Row-wise probabilities `exp(log_softmax(x))`, in `x`'s dtype.
+/// Row-wise probabilities `exp(x - max) / sum`, in `x`'s dtype (the fused path's form).
 pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
-    Ok(log_softmax(x)?.exp()?)
+    let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
 }
 
 /// `x` with the positions where `mask` is 1 replaced by `v`.

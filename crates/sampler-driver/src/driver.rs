@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use sampler_core::{History, Mode, SamplingContext};
+use sampler_core::{History, Mode, SamplingContext, StopState};
 
 use crate::config::DriverConfig;
 use crate::error::{invalid, DriverError, Result};
@@ -87,6 +87,10 @@ pub struct Generation {
     /// Wall time of the AR stage and of all NAR levels (the device is synchronised at the end
     /// of each stage).
     pub ar_time: Duration,
+    /// The part of `ar_time` spent in the sampler's steps (on a GPU: issuing them, as the
+    /// device runs them asynchronously).
+    pub ar_sampling_time: Duration,
+    /// Wall time of the NAR levels.
     pub nar_time: Duration,
 }
 
@@ -154,7 +158,7 @@ impl Driver {
         let device = model.device().clone();
 
         let start = Instant::now();
-        let (level0, lens, ar_steps) =
+        let (level0, lens, ar_steps, ar_sampling_time) =
             self.run_ar(model, rows, &plan, seed, &device, &mut observer)?;
         let ar_time = start.elapsed();
 
@@ -169,6 +173,7 @@ impl Driver {
             stop_token: plan.stop_token,
             ar_steps,
             ar_time,
+            ar_sampling_time,
             nar_time,
         })
     }
@@ -255,7 +260,7 @@ impl Driver {
         seed: u64,
         device: &Device,
         observer: &mut impl FnMut(Progress),
-    ) -> Result<(Tensor, Vec<usize>, usize)> {
+    ) -> Result<(Tensor, Vec<usize>, usize, Duration)> {
         let batch = rows.len();
         let limit = *plan.max_lens.iter().max().unwrap_or(&0);
         let one_row_each = vec![1; batch];
@@ -264,32 +269,34 @@ impl Driver {
         let max_lens: Vec<u32> = plan.max_lens.iter().map(|&n| n as u32).collect();
         let max_lens = Tensor::from_vec(max_lens, batch, device)?;
         // 1 = the row is finished: it drew the stop token or reached its own limit.
-        let mut stopped = max_lens.eq(0u32)?;
+        let mut stop = StopState {
+            stopped: max_lens.eq(0u32)?,
+            max_lens: Some(max_lens),
+            stop_token: Some(plan.stop_token),
+        };
         // The first step validates the logits (NaN, +inf, empty rows); later steps trust them.
         let mut ctx = SamplingContext::new(seed)
             .with_row_ids(rows.ids.clone())
             .with_history(History::empty(batch, limit, device)?);
         let mut steps = 0;
+        let mut sampling = Duration::ZERO;
         while steps < limit {
             observer(Progress::ArStep { step: steps, limit });
-            let history = ctx.history().expect("the AR context has a history");
+            let history = ctx.history().ok_or_else(|| invalid("the AR context lost its history"))?;
             let logits = model
                 .ar_step(&history.tokens()?, history.lens())
-                .map_err(|e| DriverError::Model(format!("AR step {steps}: {e}")))?;
+                .map_err(|e| DriverError::model(format!("AR step {steps}"), e))?;
             check_logits(&logits, &[batch, plan.vocab], "AR step")?;
-            let drawn = sampler.sample(&logits, &ctx)?;
-            let is_stop = drawn.tokens.eq(plan.stop_token)?;
-            // A finished row keeps its codes and length: only running rows that did not stop grow.
-            let grows = (stopped.eq(0u8)? * is_stop.eq(0u8)?)?;
-            ctx.advance(&drawn.tokens, Some(&grows))?;
+            let t0 = Instant::now();
+            sampler.step(&logits, &mut ctx, Some(&mut stop))?;
+            sampling += t0.elapsed();
             if steps == 0 {
                 ctx = ctx.with_validation(false);
             }
-            let lens = ctx.history().expect("the AR context has a history").lens();
-            stopped = stopped.maximum(&is_stop)?.maximum(&lens.ge(&max_lens)?)?;
             steps += 1;
             if steps % self.config.stop_check_interval == 0 && steps < limit {
-                let done = stopped
+                let done = stop
+                    .stopped
                     .to_dtype(DType::U32)?
                     .sum_all()?
                     .to_scalar::<u32>()? as usize;
@@ -302,7 +309,7 @@ impl Driver {
                 }
             }
         }
-        let history = ctx.history().expect("the AR context has a history");
+        let history = ctx.history().ok_or_else(|| invalid("the AR context lost its history"))?;
         let lens: Vec<usize> = history
             .lens()
             .to_vec1::<u32>()?
@@ -320,7 +327,7 @@ impl Driver {
             &codes,
             &Tensor::full(plan.stop_token, (batch, t_max), device)?,
         )?;
-        Ok((codes, lens, steps))
+        Ok((codes, lens, steps, sampling))
     }
 
     /// The NAR levels, each one chain call over every position of every row.
@@ -373,21 +380,19 @@ impl Driver {
         for level in 1..plan.levels {
             let logits = model
                 .nar_level(&codes, &lens_t, level)
-                .map_err(|e| DriverError::Model(format!("NAR level {level}: {e}")))?;
+                .map_err(|e| DriverError::model(format!("NAR level {level}"), e))?;
             check_logits(&logits, &[batch, t_max, plan.vocab], "NAR level")?;
             let logits = logits
                 .reshape((batch * t_max, plan.vocab))?
                 .index_select(&flat_of, 0)?;
             // Position j sees the previous level before j (SPEC §4): its history is the
             // previous level of its sequence with length j.
-            let previous = codes
-                .i((.., .., level - 1))?
-                .contiguous()?
-                .index_select(&seq_of, 0)?;
+            // Every position of a sequence reads the sequence's previous level: shared rows.
+            let previous = codes.i((.., .., level - 1))?.contiguous()?;
             let ctx = SamplingContext::new(seed)
                 .with_step(NAR_STEP_BASE + level as u64)
                 .with_row_ids(row_ids.clone())
-                .with_history(History::new(&previous, &pos_of)?)
+                .with_history(History::with_row_map(&previous, &pos_of, &seq_of)?)
                 .with_validation(level == 1);
             sampler.reset();
             let drawn = sampler.sample(&logits, &ctx)?;
@@ -414,7 +419,7 @@ struct Plan {
 
 fn check_logits(logits: &Tensor, want: &[usize], what: &str) -> Result<()> {
     if logits.dims() != want {
-        return Err(DriverError::Model(format!(
+        return Err(DriverError::ModelOutput(format!(
             "{what} returned logits of shape {:?}, expected {want:?}",
             logits.dims()
         )));

@@ -58,7 +58,7 @@ impl Row<'_, '_> {
         let total = vector::exp_chunk_sums(x, m, floor, chunk_sums);
         let ln_total = total.ln();
         let token = if greedy {
-            x.iter().position(|&v| v == m).unwrap_or(0)
+            vector::position_of(x, m).min(x.len() - 1)
         } else {
             let target = u as f64 * total;
             let mut cum = 0f64;

@@ -240,13 +240,13 @@ impl Row<'_, '_> {
         }
         if top_p < 1.0 && !self.s.cands.is_empty() {
             self.cand_probs();
-            let Scratch { cands, f64s, .. } = &mut *self.s;
-            select::top_p(cands, f64s, top_p as f64);
-            self.changed();
+            let Scratch { cands, f64b, .. } = &*self.s;
+            let last = select::top_p_last(cands, f64b, top_p as f64);
+            self.retain(|c, _| select::by_rank(c, &last) != std::cmp::Ordering::Greater);
         }
         if state == st::ADAPTIVE {
-            let Scratch { cands, f64s, .. } = &mut *self.s;
-            best_of_n(cands, c.n_adaptive_samples as usize, f64s);
+            let Scratch { cands, f64b, .. } = &mut *self.s;
+            best_of_n(cands, c.n_adaptive_samples as usize, f64b);
             self.changed();
         }
         Ok(())

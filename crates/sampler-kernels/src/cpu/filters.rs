@@ -70,13 +70,16 @@ impl Row<'_, '_> {
             }
         } else {
             let a = min_p_floor(m, ln_p).max(self.floor());
-            if vector::count_at_least(self.vals(), a) >= mm {
-                self.raise_floor(a);
+            let above = vector::count_at_least(self.vals(), a);
+            if above >= mm {
+                self.raise_floor(a, Some(above));
             } else {
+                // Fewer than mm are above the cut: the mm-th largest lies below it.
                 let floor = self.floor();
-                let (x, tmp) = self.dense_and_tmp();
-                let vm = select::kth_largest_dense(x, floor, mm, count, tmp);
-                self.raise_floor(a.min(vm));
+                let (x, tmp, gathered) = self.dense_tmp_cands();
+                let kth = select::kth_largest_dense(x, floor, mm, count, m, tmp, gathered);
+                self.raise_floor(kth.value, Some(kth.at_least));
+                self.set_superset(kth.gathered_from);
             }
         }
     }
@@ -98,22 +101,21 @@ impl Row<'_, '_> {
             self.retain(|c, _| c.v >= vk);
         } else {
             let floor = self.floor();
-            let (x, tmp) = self.dense_and_tmp();
-            let vk = select::kth_largest_dense(x, floor, k, count, tmp);
-            self.raise_floor(vk);
+            let m = self.max();
+            let (x, tmp, gathered) = self.dense_tmp_cands();
+            let kth = select::kth_largest_dense(x, floor, k, count, m, tmp, gathered);
+            self.raise_floor(kth.value, Some(kth.at_least));
+            self.set_superset(kth.gathered_from);
         }
     }
 
-    /// Probabilities of the candidates into `s.f64s`: `exp((v - max) - ln S)` in f64, the
-    /// plain path's softmax.
+    /// Probabilities of the candidates into `s.f64b`: `exp(v - max) / S` in f64, the plain
+    /// path's softmax.
     pub(crate) fn cand_probs(&mut self) -> f64 {
-        let m = self.max();
         let total = self.cand_exps();
-        let ln_s = total.ln();
-        let Scratch { cands, f64s, .. } = &mut *self.s;
-        for (q, c) in f64s.iter_mut().zip(cands.iter()) {
-            *q = ((c.v as f64 - m as f64) - ln_s).exp();
-        }
+        let Scratch { f64s, f64b, .. } = &mut *self.s;
+        f64b.clear();
+        f64b.extend(f64s.iter().map(|e| e / total));
         total
     }
 
@@ -128,9 +130,9 @@ impl Row<'_, '_> {
             return;
         }
         self.cand_probs();
-        let Scratch { cands, f64s, .. } = &mut *self.s;
-        select::top_p(cands, f64s, top_p as f64);
-        self.changed();
+        let Scratch { cands, f64b, .. } = &*self.s;
+        let last = select::top_p_last(cands, f64b, top_p as f64);
+        self.retain(|c, _| select::by_rank(c, &last) != std::cmp::Ordering::Greater);
     }
 
     /// Typical-p: keep the tokens whose surprise is closest to the entropy, up to mass p (ties
@@ -145,44 +147,39 @@ impl Row<'_, '_> {
             return;
         }
         let m = self.max();
+        let total = self.cand_exps();
         let Scratch {
             cands,
-            f64s,
             f64b,
             pairs,
+            scores,
             ..
         } = &mut *self.s;
         // logp = (v - max) - ln S; q = exp(logp); H = -sum q logp; s = |-logp - H|.
-        f64s.clear();
-        let mut total = 0f64;
-        for c in cands.iter() {
-            let d = c.v as f64 - m as f64;
-            f64s.push(d);
-            total += d.exp();
-        }
         let ln_s = total.ln();
         let mut entropy = 0f64;
         let mut mass = 0f64;
         f64b.clear();
-        for d in f64s.iter_mut() {
-            let logp = *d - ln_s;
+        scores.clear();
+        for c in cands.iter() {
+            let logp = (c.v as f64 - m as f64) - ln_s;
             let q = logp.exp();
-            *d = logp;
+            scores.push(logp);
             f64b.push(q);
             entropy -= q * logp;
             mass += q;
         }
         pairs.clear();
-        for (logp, q) in f64s.iter_mut().zip(f64b.iter()) {
+        for (logp, q) in scores.iter_mut().zip(f64b.iter()) {
             let s = (-*logp - entropy).abs();
             *logp = s;
             pairs.push((s, *q));
         }
         let target = (typical as f64).min(mass);
         let cut = select::lowest_key_reaching(pairs, target);
-        let scores = std::mem::take(f64s);
+        let scores = std::mem::take(scores);
         self.retain(|_, i| scores[i] <= cut);
-        self.s.f64s = scores;
+        self.s.scores = scores;
     }
 
     /// XTC: with probability `probability` (Philox lane 1), when at least two tokens have
@@ -201,10 +198,10 @@ impl Row<'_, '_> {
         }
         self.cand_probs();
         let thr = threshold as f64;
-        let Scratch { cands, f64s, .. } = &*self.s;
+        let Scratch { cands, f64b, .. } = &*self.s;
         let mut top = 0usize;
         let mut survivor: Option<Cand> = None;
-        for (c, &q) in cands.iter().zip(f64s.iter()) {
+        for (c, &q) in cands.iter().zip(f64b.iter()) {
             if q >= thr {
                 top += 1;
                 let better = match survivor {
@@ -219,9 +216,9 @@ impl Row<'_, '_> {
         let (Some(keep), true) = (survivor, top >= 2) else {
             return;
         };
-        let q = std::mem::take(&mut self.s.f64s);
+        let q = std::mem::take(&mut self.s.f64b);
         self.retain(|c, i| q[i] < thr || c.id == keep.id);
-        self.s.f64s = q;
+        self.s.f64b = q;
     }
 
     /// Top-n-sigma: keep `v >= max - n * std` (N - 1, f64) over the kept values.

@@ -72,14 +72,52 @@ pub(crate) struct History<'a> {
 }
 
 impl<'a> History<'a> {
-    fn row(&self, r: usize) -> Result<&'a [u32]> {
-        let src = self.row_map.map_or(r, |m| m[r] as usize);
-        let len = self.lens[r] as usize;
-        let rows = if self.tokens.stride == 0 {
+    /// Checks every valid token id against the vocabulary, each token row once (rows that
+    /// share a token row are checked up to their longest length).
+    fn check(&self, rows: usize, vocab: usize) -> Result<()> {
+        let token_rows = self.token_rows();
+        let mut need = vec![0usize; token_rows];
+        for r in 0..rows {
+            let src = self.row_map.map_or(r, |m| m[r] as usize);
+            if src >= token_rows {
+                return Err(invalid(format!(
+                    "row {r}: history row {src} does not exist ({token_rows} rows)"
+                )));
+            }
+            need[src] = need[src].max(self.lens[r] as usize);
+        }
+        for (src, &len) in need.iter().enumerate() {
+            if len > self.tokens.cols {
+                return Err(invalid(format!(
+                    "history length {len} exceeds the history width {}",
+                    self.tokens.cols
+                )));
+            }
+            let start = src * self.tokens.stride;
+            let toks = &self.tokens.data[start..start + len];
+            if let Some(&id) = toks.iter().find(|&&t| t as usize >= vocab) {
+                return Err(crate::error::KernelError::TokenOutOfRange {
+                    what: "history",
+                    id: id as u64,
+                    vocab,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn token_rows(&self) -> usize {
+        if self.tokens.stride == 0 {
             1
         } else {
             self.tokens.data.len().saturating_sub(self.tokens.cols) / self.tokens.stride + 1
-        };
+        }
+    }
+
+    fn row(&self, r: usize) -> Result<&'a [u32]> {
+        let src = self.row_map.map_or(r, |m| m[r] as usize);
+        let len = self.lens[r] as usize;
+        let rows = self.token_rows();
         if src >= rows {
             return Err(invalid(format!(
                 "row {r}: history row {src} does not exist ({rows} rows)"
@@ -124,21 +162,9 @@ fn one_row(
     emit: Emit,
     out: Option<&mut [f32]>,
 ) -> Result<RowOutput> {
-    // A given history is checked whatever the program reads of it.
     let hist = match &seg.history {
-        Some(h) => {
-            let row = h.row(r)?;
-            let vocab = seg.logits.cols;
-            if let Some(&id) = row.iter().find(|&&t| t as usize >= vocab) {
-                return Err(crate::error::KernelError::TokenOutOfRange {
-                    what: "history",
-                    id: id as u64,
-                    vocab,
-                });
-            }
-            program.reads_history().then_some(row)
-        }
-        None => None,
+        Some(h) if program.reads_history() => Some(h.row(r)?),
+        _ => None,
     };
     let inp = RowInput {
         row: r,
@@ -171,6 +197,10 @@ pub(crate) fn run(
     write_logits: bool,
 ) -> Result<Output> {
     let vocab = seg.logits.cols;
+    // A given history is checked whatever the program reads of it.
+    if let Some(h) = &seg.history {
+        h.check(rows, vocab)?;
+    }
     let parallel = rows > 1 && rows * vocab >= PARALLEL_MIN;
     let (logits, results): (Option<Vec<f32>>, Vec<Result<RowOutput>>) = if write_logits {
         let mut out = vec![0f32; rows * vocab];

@@ -46,9 +46,16 @@ fn effects(s: &mut Scratch, hist: &[u32], recent: &[u32], divide: Option<(f32, f
     } = s;
     effects.clear();
     if let Some((log_rep, decay)) = divide {
-        for (j, &t) in recent.iter().enumerate() {
-            let d = (len - start - j) as f32;
-            log_div[t as usize] += d.max(1.0).ln() * decay + log_rep;
+        if decay == 0.0 {
+            // ln(D) * 0 + ln(penalty) is ln(penalty) exactly.
+            for &t in recent {
+                log_div[t as usize] += log_rep;
+            }
+        } else {
+            for (j, &t) in recent.iter().enumerate() {
+                let d = (len - start - j) as f32;
+                log_div[t as usize] += d.max(1.0).ln() * decay + log_rep;
+            }
         }
     }
     for &t in recent {

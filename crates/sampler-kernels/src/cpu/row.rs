@@ -77,6 +77,8 @@ pub(crate) struct Scratch {
     pub best: Vec<u32>,
     /// Ids touched by a dense edit.
     pub touched: Vec<u32>,
+    /// Per-candidate scores (typical-p).
+    pub scores: Vec<f64>,
 }
 
 impl Scratch {
@@ -101,6 +103,13 @@ pub(crate) struct Row<'a, 's> {
     cands: bool,
     floor: f32,
     max: Option<f32>,
+    /// The kept count, when a stage knows it.
+    count: Option<usize>,
+    /// While dense: `s.cands` holds every dense value `>= this` (a superset of the kept set,
+    /// gathered by a selection), so turning to candidates filters it instead of the row.
+    superset: Option<f32>,
+    /// `s.f64s` holds `exp(v - this)` for the candidates, in their order.
+    exps_for: Option<f32>,
     pub out: RowOutput,
 }
 
@@ -120,11 +129,13 @@ impl<'a, 's> Row<'a, 's> {
         }
     }
 
-    /// The dense values and the f32 scratch list, together.
-    pub fn dense_and_tmp(&mut self) -> (&[f32], &mut Vec<f32>) {
-        let Scratch { dense, f32s, .. } = &mut *self.s;
+    /// The dense values, the f32 scratch list and the candidate list, together.
+    pub fn dense_tmp_cands(&mut self) -> (&[f32], &mut Vec<f32>, &mut Vec<Cand>) {
+        let Scratch {
+            dense, f32s, cands, ..
+        } = &mut *self.s;
         let x: &[f32] = if self.owned { dense } else { self.inp.x };
-        (x, f32s)
+        (x, f32s, cands)
     }
 
     /// The dense values and the chunk-sum scratch, together.
@@ -144,12 +155,20 @@ impl<'a, 's> Row<'a, 's> {
         self.floor
     }
 
-    /// Raises the dense floor (values keep their place).
-    pub fn raise_floor(&mut self, t: f32) {
+    /// Raises the dense floor (values keep their place); `count` is the new kept count when
+    /// the caller knows it.
+    pub fn raise_floor(&mut self, t: f32, count: Option<usize>) {
         debug_assert!(!self.cands);
         if t > self.floor {
             self.floor = t;
+            self.count = count;
         }
+    }
+
+    /// Records that `s.cands` holds every dense value `>= t`, with ids.
+    pub fn set_superset(&mut self, t: f32) {
+        debug_assert!(!self.cands);
+        self.superset = Some(t);
     }
 
     /// Makes the dense values private (a copy of the input), to change them in place.
@@ -166,12 +185,20 @@ impl<'a, 's> Row<'a, 's> {
         if self.cands {
             return;
         }
-        let mut c = std::mem::take(&mut self.s.cands);
-        c.clear();
-        vector::for_each_at_least(self.vals(), self.floor, |i, v| {
-            c.push(Cand { v, id: i as u32 })
-        });
-        self.s.cands = c;
+        let floor = self.floor;
+        match self.superset {
+            Some(t) if t <= floor => self.s.cands.retain(|c| c.v >= floor),
+            _ => {
+                let mut c = std::mem::take(&mut self.s.cands);
+                c.clear();
+                vector::for_each_at_least(self.vals(), floor, |i, v| {
+                    c.push(Cand { v, id: i as u32 })
+                });
+                self.s.cands = c;
+            }
+        }
+        self.superset = None;
+        self.exps_for = None;
         self.cands = true;
     }
 
@@ -185,12 +212,15 @@ impl<'a, 's> Row<'a, 's> {
                 self.own();
             }
         }
-        self.max = None;
+        self.changed();
     }
 
-    /// Values changed: forget the cached maximum.
+    /// Values changed: forget what was derived from them (not the count: a change of value
+    /// keeps a finite value finite and -inf at -inf).
     pub fn changed(&mut self) {
         self.max = None;
+        self.superset = None;
+        self.exps_for = None;
     }
 
     /// The largest kept value (`-inf` when the set is empty).
@@ -216,12 +246,16 @@ impl<'a, 's> Row<'a, 's> {
     }
 
     /// The number of kept tokens.
-    pub fn count(&self) -> usize {
+    pub fn count(&mut self) -> usize {
         if self.cands {
-            self.s.cands.len()
-        } else {
-            vector::count_at_least(self.vals(), self.floor)
+            return self.s.cands.len();
         }
+        if let Some(c) = self.count {
+            return c;
+        }
+        let c = vector::count_at_least(self.vals(), self.floor);
+        self.count = Some(c);
+        c
     }
 
     /// Applies `f(id, value)` to each listed id that is kept, each id once (ids may repeat in
@@ -266,7 +300,7 @@ impl<'a, 's> Row<'a, 's> {
                 pos[id as usize] = u32::MAX;
             }
         }
-        self.max = None;
+        self.changed();
     }
 
     /// Removes the kept tokens whose id is listed.
@@ -285,20 +319,37 @@ impl<'a, 's> Row<'a, 's> {
             for &id in ids {
                 self.s.dense[id as usize] = f32::NEG_INFINITY;
             }
+            self.count = None;
         }
-        self.max = None;
+        self.changed();
     }
 
-    /// Keeps the candidates for which `keep(candidate, index)` holds.
+    /// Keeps the candidates for which `keep(candidate, index)` holds (their exponentials
+    /// stay aligned).
     pub fn retain(&mut self, mut keep: impl FnMut(&Cand, usize) -> bool) {
         debug_assert!(self.cands);
-        let mut i = 0;
-        self.s.cands.retain(|c| {
+        let Scratch { cands, f64s, .. } = &mut *self.s;
+        let aligned = self.exps_for.is_some() && f64s.len() == cands.len();
+        let (mut i, mut w) = (0, 0);
+        cands.retain(|c| {
             let k = keep(c, i);
+            if k && aligned {
+                f64s[w] = f64s[i];
+                w += 1;
+            }
             i += 1;
             k
         });
-        self.max = None;
+        if aligned {
+            f64s.truncate(w);
+        }
+        let m = cands
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, c| if c.v > a { c.v } else { a });
+        if self.exps_for != Some(m) {
+            self.exps_for = None;
+        }
+        self.max = Some(m);
     }
 
     /// `exp(v - max)` of each candidate into `s.f64s` (parallel to the candidates), and their
@@ -306,6 +357,9 @@ impl<'a, 's> Row<'a, 's> {
     pub fn cand_exps(&mut self) -> f64 {
         let m = self.max();
         let Scratch { cands, f64s, .. } = &mut *self.s;
+        if self.exps_for == Some(m) && f64s.len() == cands.len() {
+            return f64s.iter().sum();
+        }
         f64s.clear();
         let mut total = 0f64;
         for c in cands.iter() {
@@ -313,6 +367,7 @@ impl<'a, 's> Row<'a, 's> {
             f64s.push(e);
             total += e;
         }
+        self.exps_for = Some(m);
         total
     }
 
@@ -360,6 +415,9 @@ pub(crate) fn run_row(
         cands: false,
         floor: ALL_FINITE,
         max: Some(m),
+        count: None,
+        superset: None,
+        exps_for: None,
         out: RowOutput {
             mu: f32::NAN,
             ..Default::default()

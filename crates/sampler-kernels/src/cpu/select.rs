@@ -36,52 +36,98 @@ pub(crate) fn kth_largest_cands(c: &[Cand], k: usize, tmp: &mut Vec<f32>) -> f32
     kth_largest(tmp, k)
 }
 
-/// Rows at most this long are selected over directly.
-const DIRECT: usize = 2048;
-/// Elements sampled from a longer row to guess a threshold.
-const SAMPLE: usize = 512;
+/// Elements sampled from a long row to guess a threshold's distance from the maximum.
+const SAMPLE: usize = 64;
+
+/// A k-th largest value of a dense row, with what its search gathered.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Kth {
+    /// The k-th largest value (ties counted).
+    pub value: f32,
+    /// How many elements of the set are `>= value`.
+    pub at_least: usize,
+    /// The search gathered every element `>= this` (with its id).
+    pub gathered_from: f32,
+}
 
 /// The k-th largest value among the elements of `x` that are `>= floor`, of which there are
-/// `count` (`1 <= k <= count`).
+/// `count` (`1 <= k <= count`); `max` is the largest of them. Leaves in `gathered` every
+/// element at or above `Kth::gathered_from`, with ids.
 ///
-/// A long row is first sampled at a fixed stride; the sample's value of about twice the
-/// expected rank bounds the answer from below with high probability, and only the elements at
-/// or above it are gathered and selected over. If fewer than k are gathered (an unlucky
-/// sample), every element of the set is. Either way the answer is exact.
+/// A threshold `t` below the maximum with `k <= count(>= t) <= 4k + 64` is searched for by
+/// vectorised counting passes (its distance from the maximum guessed from a strided sample,
+/// then doubled or halved), and only the elements at or above it are gathered and selected
+/// over, so the cost stays a few linear passes however flat or peaked the row is. The answer
+/// is exact either way: every one of the k largest is at or above such a `t`.
 pub(crate) fn kth_largest_dense(
     x: &[f32],
     floor: f32,
     k: usize,
     count: usize,
+    max: f32,
     tmp: &mut Vec<f32>,
-) -> f32 {
+    gathered: &mut Vec<Cand>,
+) -> Kth {
     let k = k.clamp(1, count.max(1));
-    tmp.clear();
-    if x.len() > DIRECT && count > DIRECT {
-        let stride = x.len() / SAMPLE;
-        tmp.extend(
-            (0..SAMPLE)
-                .map(|i| x[i * stride])
-                .filter(|&v| v >= floor && v > f32::NEG_INFINITY),
-        );
-        let sampled = tmp.len();
-        if sampled > 0 {
-            // Expected rank of the k-th largest within the sample, doubled, plus slack.
-            let rank = ((2 * k + 16) as f64 * sampled as f64 / count as f64).ceil() as usize;
-            if rank < sampled {
-                let guess = kth_largest(tmp, rank + 1);
-                let lower = if guess > floor { guess } else { floor };
-                tmp.clear();
-                vector::for_each_at_least(x, lower, |_, v| tmp.push(v));
-                if tmp.len() >= k {
-                    return kth_largest(tmp, k);
+    let cap = 4 * k + 64;
+    let mut from = floor;
+    if count > cap && max.is_finite() {
+        let mut d = first_distance(x, floor, k, count, max, tmp);
+        let (mut d_lo, mut d_hi) = (0f64, f64::INFINITY);
+        for _ in 0..40 {
+            let t = ((max as f64 - d) as f32).max(floor);
+            let c = vector::count_at_least(x, t);
+            if c < k {
+                if t <= floor {
+                    break;
                 }
+                d_lo = d;
+                d = if d_hi.is_finite() { (d + d_hi) / 2.0 } else { d * 2.0 };
+            } else {
+                from = t;
+                if c <= cap {
+                    break;
+                }
+                d_hi = d;
+                d = (d_lo + d) / 2.0;
+            }
+            if d_hi - d_lo <= d_hi * 1e-12 {
+                break;
             }
         }
-        tmp.clear();
     }
-    vector::for_each_at_least(x, floor, |_, v| tmp.push(v));
-    kth_largest(tmp, k)
+    gathered.clear();
+    vector::for_each_at_least(x, from, |i, v| gathered.push(Cand { v, id: i as u32 }));
+    tmp.clear();
+    tmp.extend(gathered.iter().map(|c| c.v));
+    let value = kth_largest(tmp, k);
+    let at_least = gathered.iter().filter(|c| c.v >= value).count();
+    Kth {
+        value,
+        at_least,
+        gathered_from: from,
+    }
+}
+
+/// A first guess of how far below the maximum the k-th largest lies: the distance of the value
+/// of matching rank in a strided sample (a positive distance in any case).
+fn first_distance(x: &[f32], floor: f32, k: usize, count: usize, max: f32, tmp: &mut Vec<f32>) -> f64 {
+    let stride = (x.len() / SAMPLE).max(1);
+    tmp.clear();
+    tmp.extend(
+        x.iter()
+            .step_by(stride)
+            .copied()
+            .filter(|&v| v >= floor && v > f32::NEG_INFINITY),
+    );
+    let tiny = (max.abs() as f64 * 1e-6).max(1e-6);
+    if tmp.is_empty() {
+        return tiny;
+    }
+    let rank = ((2 * k) as f64 * tmp.len() as f64 / count as f64).ceil() as usize;
+    let n = tmp.len();
+    let guess = kth_largest(tmp, rank.clamp(1, n));
+    (max as f64 - guess as f64).max(tiny)
 }
 
 /// A candidate with its probability, for the mass cuts.
@@ -98,16 +144,19 @@ const BUCKETS: usize = 1024;
 const SORTED: usize = 256;
 
 /// Top-p over candidates with probabilities `q` (parallel to `c`): in (value desc, id asc)
-/// order a candidate is kept when the probability mass before it is `<= p`. Removes the others
-/// from `c` (and leaves `q` stale).
+/// order a candidate is kept when the probability mass before it is `<= p`. Returns the last
+/// kept candidate: the kept set is every candidate ranked at or before it.
 ///
 /// The last kept candidate is found by a histogram of the window's mass over value buckets
 /// (highest values first): buckets above the one holding it are kept whole, buckets below
 /// dropped, and the search goes on inside that bucket, until the window is small enough to sort
 /// or is one tie group, which is split by id.
-pub(crate) fn top_p(c: &mut Vec<Cand>, q: &[f64], p: f64) {
+pub(crate) fn top_p_last(c: &[Cand], q: &[f64], p: f64) -> Cand {
     if c.is_empty() {
-        return;
+        return Cand {
+            v: f32::NEG_INFINITY,
+            id: u32::MAX,
+        };
     }
     let mut w: Vec<Weighted> = c
         .iter()
@@ -181,11 +230,10 @@ pub(crate) fn top_p(c: &mut Vec<Cand>, q: &[f64], p: f64) {
         }
         m = k;
     };
-    let last = Cand {
+    Cand {
         v: last.v,
         id: last.id,
-    };
-    c.retain(|x| by_rank(x, &last) != Ordering::Greater);
+    }
 }
 
 /// The smallest key `K` of `items` (key, weight) such that the weight of the items with key
@@ -290,8 +338,12 @@ mod tests {
                 if k > set.len() {
                     continue;
                 }
-                let got = kth_largest_dense(&x, floor, k, set.len(), &mut tmp);
-                assert_eq!(got, set[k - 1], "case {case} n {n} k {k}");
+                let mut gathered = Vec::new();
+                let got = kth_largest_dense(&x, floor, k, set.len(), set[0], &mut tmp, &mut gathered);
+                assert_eq!(got.value, set[k - 1], "case {case} n {n} k {k}");
+                assert_eq!(got.at_least, set.iter().filter(|&&v| v >= got.value).count());
+                let want = x.iter().filter(|&&v| v >= got.gathered_from && v >= floor).count();
+                assert_eq!(gathered.len(), want);
             }
         }
     }
@@ -327,9 +379,12 @@ mod tests {
                     before += q[i];
                 }
                 want.sort();
-                let mut got = c.clone();
-                top_p(&mut got, &q, p);
-                let mut ids: Vec<u32> = got.iter().map(|x| x.id).collect();
+                let last = top_p_last(&c, &q, p);
+                let mut ids: Vec<u32> = c
+                    .iter()
+                    .filter(|x| by_rank(x, &last) != Ordering::Greater)
+                    .map(|x| x.id)
+                    .collect();
                 ids.sort();
                 assert_eq!(ids, want, "case {case} p {p}");
             }

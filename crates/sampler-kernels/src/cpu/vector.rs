@@ -1,7 +1,30 @@
 //! Whole-row passes written so that the compiler turns them into vector code: fixed-width lane
 //! arrays, no early exits inside a chunk, no fused multiply-adds. Sums keep one accumulator per
 //! lane and add the lanes in a fixed order, so a result never depends on the vector width the
-//! binary was built for.
+//! binary was built for or the one it runs with: on x86-64 each pass also has an AVX2 build,
+//! chosen at run time, that computes exactly the same values.
+
+/// Defines `$name` as a pass with an AVX2 build chosen at run time on x86-64; `$body` is the
+/// pass itself (an `#[inline(always)]` function), compiled once per instruction set.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) -> $r:ty = $body:ident;) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) -> $r {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($a: $t),*) -> $r {
+                    $body($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            $body($($a),*)
+        }
+    };
+}
 
 /// Lanes of a chunk.
 pub(crate) const LANES: usize = 16;
@@ -18,8 +41,13 @@ pub(crate) enum Scan {
     Bad { id: usize, nan: bool },
 }
 
-/// The row maximum, after checking that no value is NaN or +inf.
-pub(crate) fn checked_max(x: &[f32]) -> Scan {
+multiversion! {
+    /// The row maximum, after checking that no value is NaN or +inf.
+    pub(crate) fn checked_max(x: &[f32]) -> Scan = checked_max_body;
+}
+
+#[inline(always)]
+fn checked_max_body(x: &[f32]) -> Scan {
     let mut m = [f32::NEG_INFINITY; LANES];
     // `v < inf` is false for NaN and +inf alike.
     let mut ok = [true; LANES];
@@ -52,8 +80,13 @@ fn fold_max(m: &[f32; LANES]) -> f32 {
         .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
 }
 
-/// The largest value of `x`.
-pub(crate) fn max(x: &[f32]) -> f32 {
+multiversion! {
+    /// The largest value of `x`.
+    pub(crate) fn max(x: &[f32]) -> f32 = max_body;
+}
+
+#[inline(always)]
+fn max_body(x: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -66,23 +99,23 @@ pub(crate) fn max(x: &[f32]) -> f32 {
         .fold(fold_max(&m), |a, &b| if b > a { b } else { a })
 }
 
-/// The number of values `>= t` (`t` finite, so `-inf` never counts).
-pub(crate) fn count_at_least(x: &[f32], t: f32) -> usize {
+multiversion! {
+    /// The number of values `>= t` (`t` finite, so `-inf` never counts).
+    pub(crate) fn count_at_least(x: &[f32], t: f32) -> usize = count_at_least_body;
+}
+
+#[inline(always)]
+fn count_at_least_body(x: &[f32], t: f32) -> usize {
     let mut c = [0u32; LANES];
     let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder();
-    let mut total = 0usize;
-    for (i, ch) in chunks.enumerate() {
+    // A lane counts at most one element in LANES: rows are far below 2^32 * LANES long.
+    for ch in chunks {
         for j in 0..LANES {
             c[j] += (ch[j] >= t) as u32;
         }
-        // Flush before a lane could overflow.
-        if i % 0x0fff_ffff == 0x0fff_fffe {
-            total += c.iter().map(|&v| v as usize).sum::<usize>();
-            c = [0; LANES];
-        }
     }
-    total += c.iter().map(|&v| v as usize).sum::<usize>();
+    let total: usize = c.iter().map(|&v| v as usize).sum();
     total + tail.iter().filter(|&&v| v >= t).count()
 }
 
@@ -112,8 +145,13 @@ pub(crate) fn for_each_at_least(x: &[f32], t: f32, mut f: impl FnMut(usize, f32)
     }
 }
 
-/// `x[i] /= d` for every i (`-inf` stays `-inf` for `d > 0`).
-pub(crate) fn divide(x: &mut [f32], d: f32) {
+multiversion! {
+    /// `x[i] /= d` for every i (`-inf` stays `-inf` for `d > 0`).
+    pub(crate) fn divide(x: &mut [f32], d: f32) -> () = divide_body;
+}
+
+#[inline(always)]
+fn divide_body(x: &mut [f32], d: f32) {
     for v in x.iter_mut() {
         *v /= d;
     }
@@ -152,28 +190,58 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
     }
 }
 
+multiversion! {
+    /// The first id whose value equals `v` (`x.len()` when none does).
+    pub(crate) fn position_of(x: &[f32], v: f32) -> usize = position_of_body;
+}
+
+#[inline(always)]
+fn position_of_body(x: &[f32], v: f32) -> usize {
+    let chunks = x.chunks_exact(LANES);
+    let tail_at = x.len() - chunks.remainder().len();
+    for (k, ch) in chunks.enumerate() {
+        let mut any = false;
+        for &e in ch {
+            any |= e == v;
+        }
+        if any {
+            return k * LANES + ch.iter().position(|&e| e == v).unwrap_or(0);
+        }
+    }
+    x[tail_at..]
+        .iter()
+        .position(|&e| e == v)
+        .map_or(x.len(), |p| tail_at + p)
+}
+
 /// Elements of one chunk of [`exp_chunk_sums`].
 pub(crate) const EXP_CHUNK: usize = 64;
 
-/// For the weights `w[i] = exp_neg(x[i] - m)` where `x[i] >= floor` and 0 elsewhere: the sum of
-/// each chunk of [`EXP_CHUNK`] elements in `sums` (f64, lanes added in a fixed order), and their
-/// total.
-pub(crate) fn exp_chunk_sums(x: &[f32], m: f32, floor: f32, sums: &mut Vec<f64>) -> f64 {
+multiversion! {
+    /// For the weights `w[i] = exp_neg(x[i] - m)` where `x[i] >= floor` and 0 elsewhere: the sum
+    /// of each chunk of [`EXP_CHUNK`] elements in `sums` (f32 lanes within a chunk, added in a
+    /// fixed order, then f64 across chunks), and their total.
+    pub(crate) fn exp_chunk_sums(x: &[f32], m: f32, floor: f32, sums: &mut Vec<f64>) -> f64
+        = exp_chunk_sums_body;
+}
+
+#[inline(always)]
+fn exp_chunk_sums_body(x: &[f32], m: f32, floor: f32, sums: &mut Vec<f64>) -> f64 {
     sums.clear();
     let mut total = 0f64;
     for chunk in x.chunks(EXP_CHUNK) {
-        let mut acc = [0f64; LANES];
+        let mut acc = [0f32; LANES];
         let lanes = chunk.chunks_exact(LANES);
         let tail = lanes.remainder();
         for ch in lanes {
             for j in 0..LANES {
                 let e = exp_neg(ch[j] - m);
-                acc[j] += if ch[j] >= floor { e as f64 } else { 0.0 };
+                acc[j] += if ch[j] >= floor { e } else { 0.0 };
             }
         }
         let mut s = 0f64;
         for a in acc {
-            s += a;
+            s += a as f64;
         }
         for &v in tail {
             if v >= floor {
