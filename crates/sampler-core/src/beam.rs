@@ -13,8 +13,8 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::error::{invalid, Result, SamplerError};
-use crate::tensor_ops::log_softmax;
 use crate::sort_ops::{sorted_head, MAX_HEAD};
+use crate::tensor_ops::log_softmax;
 use crate::tensor_ops::{count, finite};
 
 /// The largest beam width.

@@ -440,7 +440,9 @@ mod tests {
     fn every_numeric_key_is_a_knob_with_its_default() {
         let json = serde_json::to_value(SamplerConfig::default()).unwrap();
         for k in Knob::ALL {
-            let v = json[k.key()].as_f64().unwrap_or_else(|| panic!("{} missing", k.key()));
+            let v = json[k.key()]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{} missing", k.key()));
             assert_eq!(v as f32, k.default_value(), "{}", k.key());
             assert_eq!(k.key().parse::<Knob>().unwrap(), *k);
         }

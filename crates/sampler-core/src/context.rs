@@ -39,7 +39,10 @@ impl History {
         }
         Ok(Self {
             tokens: tokens.to_dtype(DType::U32)?.contiguous()?,
-            lens: lens.to_dtype(DType::U32)?.to_device(tokens.device())?.contiguous()?,
+            lens: lens
+                .to_dtype(DType::U32)?
+                .to_device(tokens.device())?
+                .contiguous()?,
             width,
             row_map: None,
         })
@@ -185,8 +188,11 @@ impl History {
         let rows = self.rows();
         let capacity = self.tokens.dim(1)?;
         if self.width + 1 > capacity {
-            let grown =
-                Tensor::zeros((rows, (capacity * 2).max(1)), DType::U32, self.tokens.device())?;
+            let grown = Tensor::zeros(
+                (rows, (capacity * 2).max(1)),
+                DType::U32,
+                self.tokens.device(),
+            )?;
             grown.slice_set(&self.tokens, 1, 0)?;
             self.tokens = grown;
         }

@@ -39,16 +39,12 @@ pub struct Draw {
 impl Draw {
     /// Every row greedy.
     pub fn greedy() -> Self {
-        Self {
-            greedy: 1.0.into(),
-        }
+        Self { greedy: 1.0.into() }
     }
 
     /// Every row multinomial.
     pub fn multinomial() -> Self {
-        Self {
-            greedy: 0.0.into(),
-        }
+        Self { greedy: 0.0.into() }
     }
 
     /// Greedy where the temperature is <= 0.
@@ -56,7 +52,11 @@ impl Draw {
         Ok(Self {
             greedy: match t {
                 RowParam::Scalar(v) => ((*v <= 0.0) as u8 as f32).into(),
-                RowParam::PerRow(t) => t.to_dtype(DType::F32)?.le(0f32)?.to_dtype(DType::F32)?.into(),
+                RowParam::PerRow(t) => t
+                    .to_dtype(DType::F32)?
+                    .le(0f32)?
+                    .to_dtype(DType::F32)?
+                    .into(),
             },
         })
     }
@@ -64,7 +64,11 @@ impl Draw {
     /// Greedy where the `[rows]` mask (any dtype) is non-zero.
     pub fn per_row(mask: &Tensor) -> Result<Self> {
         Ok(Self {
-            greedy: mask.to_dtype(DType::F32)?.ne(0f32)?.to_dtype(DType::F32)?.into(),
+            greedy: mask
+                .to_dtype(DType::F32)?
+                .ne(0f32)?
+                .to_dtype(DType::F32)?
+                .into(),
         })
     }
 
@@ -92,7 +96,11 @@ impl Selector for Draw {
 
 /// The `[rows, 1]` uniforms of this step, from (seed, row id, step) on the host (no device data
 /// is read), uploaded as one small tensor.
-pub fn uniforms(rows: usize, ctx: &SamplingContext, device: &candle_core::Device) -> Result<Tensor> {
+pub fn uniforms(
+    rows: usize,
+    ctx: &SamplingContext,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let ids = ctx.row_ids(rows)?;
     let u: Vec<f32> = ids
         .iter()
@@ -136,7 +144,10 @@ pub(crate) fn inverse_cdf(probs: &Tensor, u: &Tensor) -> Result<Tensor> {
         .to_dtype(dt)?
         .unsqueeze(0)?;
     let target = probs.sum_keepdim(1)?.mul(u)?;
-    let last_kept = masked_max(&ids.broadcast_as(probs.shape())?.contiguous()?, &probs.gt(0f64)?)?;
+    let last_kept = masked_max(
+        &ids.broadcast_as(probs.shape())?.contiguous()?,
+        &probs.gt(0f64)?,
+    )?;
     let mut lo = Tensor::zeros((rows, 1), dt, dev)?;
     let mut hi = Tensor::full((vocab - 1) as f64, (rows, 1), dev)?.to_dtype(dt)?;
     let probes = usize::BITS - vocab.leading_zeros();
@@ -161,7 +172,10 @@ mod tests {
     fn inverse_cdf_walks_ids_in_order_and_skips_zeros() -> Result<()> {
         let row: &[f32] = &[0.25, 0.0, 0.5, 0.25];
         let p = t2(&[row; 5]).to_dtype(DType::F64)?;
-        let u = Tensor::new(&[[0f64], [0.2499], [0.25], [0.7501], [0.999_999_9]], &Device::Cpu)?;
+        let u = Tensor::new(
+            &[[0f64], [0.2499], [0.25], [0.7501], [0.999_999_9]],
+            &Device::Cpu,
+        )?;
         let got = inverse_cdf(&p, &u)?.to_vec1::<u32>()?;
         assert_eq!(got, vec![0, 0, 2, 3, 3]);
         Ok(())

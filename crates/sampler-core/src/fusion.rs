@@ -105,7 +105,11 @@ fn pack(columns: &[RowParam], rows: usize, device: &Device) -> Result<Option<Ten
         return Ok(None);
     }
     diagnostics::count_setup(1);
-    if let Some(values) = columns.iter().map(RowParam::scalar).collect::<Option<Vec<f32>>>() {
+    if let Some(values) = columns
+        .iter()
+        .map(RowParam::scalar)
+        .collect::<Option<Vec<f32>>>()
+    {
         let data = values.repeat(rows);
         return Ok(Some(Tensor::from_vec(data, (rows, columns.len()), device)?));
     }

@@ -738,4 +738,3 @@ fn check_output(y: &Tensor) -> Result<()> {
     }
     Ok(())
 }
-

@@ -31,7 +31,10 @@ fn nan_and_pos_inf_logits() {
     v[5] = f32::NAN;
     let x = Tensor::from_vec(v.clone(), (2, 4), &Device::Cpu).unwrap();
     let err = sampler().apply(&x, &SamplingContext::new(0)).unwrap_err();
-    assert!(matches!(err, SamplerError::NanLogits { row: 1, .. }), "{err}");
+    assert!(
+        matches!(err, SamplerError::NanLogits { row: 1, .. }),
+        "{err}"
+    );
     v[5] = f32::INFINITY;
     let x = Tensor::from_vec(v, (2, 4), &Device::Cpu).unwrap();
     assert!(sampler().apply(&x, &SamplingContext::new(0)).is_err());
@@ -70,7 +73,10 @@ fn token_ids_out_of_vocabulary() {
     );
     let ctx = SamplingContext::new(0);
     assert!(BanTokens::new(vec![4]).apply(&x, &ctx).is_err());
-    assert!(LogitBias::new(vec![(9, 1.0)]).unwrap().apply(&x, &ctx).is_err());
+    assert!(LogitBias::new(vec![(9, 1.0)])
+        .unwrap()
+        .apply(&x, &ctx)
+        .is_err());
     let stop = SamplerBuilder::new(Mode::Nar)
         .stop_token(Some(7))
         .build()

@@ -5,8 +5,8 @@
 use candle_core::{Device, Tensor};
 use sampler_core::processors::Mirostat;
 use sampler_core::{
-    ExecPath, History, MirostatVersion, Mode, RepetitionPenaltyMode, Sampler, SamplerBuilder, SamplerConfig,
-    SamplingContext,
+    ExecPath, History, MirostatVersion, Mode, RepetitionPenaltyMode, Sampler, SamplerBuilder,
+    SamplerConfig, SamplingContext,
 };
 
 fn logits(rows: usize, vocab: usize) -> Tensor {

@@ -282,7 +282,9 @@ impl Driver {
         let mut sampling = Duration::ZERO;
         while steps < limit {
             observer(Progress::ArStep { step: steps, limit });
-            let history = ctx.history().ok_or_else(|| invalid("the AR context lost its history"))?;
+            let history = ctx
+                .history()
+                .ok_or_else(|| invalid("the AR context lost its history"))?;
             let logits = model
                 .ar_step(&history.tokens()?, history.lens())
                 .map_err(|e| DriverError::model(format!("AR step {steps}"), e))?;
@@ -309,7 +311,9 @@ impl Driver {
                 }
             }
         }
-        let history = ctx.history().ok_or_else(|| invalid("the AR context lost its history"))?;
+        let history = ctx
+            .history()
+            .ok_or_else(|| invalid("the AR context lost its history"))?;
         let lens: Vec<usize> = history
             .lens()
             .to_vec1::<u32>()?

@@ -23,7 +23,7 @@ pub mod error;
 pub mod model;
 
 pub use config::{DriverConfig, StageConfig};
-pub use sampler_core::Knob;
 pub use driver::{Driver, Generation, Progress, Rows, NAR_STEP_BASE};
 pub use error::{DriverError, Result};
 pub use model::CodecLm;
+pub use sampler_core::Knob;

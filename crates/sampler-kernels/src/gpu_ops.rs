@@ -5,11 +5,11 @@
 //! directly and never uses these.
 #![cfg_attr(not(any(feature = "cuda", feature = "metal")), allow(dead_code))]
 
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 #[cfg(feature = "cuda")]
 use crate::cuda;
 #[cfg(feature = "metal")]
 use crate::metal;
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 pub(crate) mod filter_param {
     /// Min-p fraction in [0, 1]; 0 = off.
@@ -204,7 +204,10 @@ impl CustomOp2 for FilterOp {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        bail!("{}: the CPU runs the row programs of `segment`", self.name())
+        bail!(
+            "{}: the CPU runs the row programs of `segment`",
+            self.name()
+        )
     }
 
     #[cfg(feature = "cuda")]
@@ -254,7 +257,10 @@ impl CustomOp3 for SampleOp {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        bail!("{}: the CPU runs the row programs of `segment`", self.name())
+        bail!(
+            "{}: the CPU runs the row programs of `segment`",
+            self.name()
+        )
     }
 
     #[cfg(feature = "cuda")]
@@ -310,7 +316,10 @@ impl CustomOp3 for PenaltiesOp {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        bail!("{}: the CPU runs the row programs of `segment`", self.name())
+        bail!(
+            "{}: the CPU runs the row programs of `segment`",
+            self.name()
+        )
     }
 
     #[cfg(feature = "cuda")]
@@ -371,7 +380,6 @@ impl CustomOp3 for PenaltiesOp {
         Ok((out, Shape::from((rows, vocab))))
     }
 }
-
 
 /// One kernel launch of a CUDA segment: the stages (indices into the program) it runs.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -483,7 +491,12 @@ mod cuda_adapter {
     type KResult<T> = crate::error::Result<T>;
 
     /// A `[rows, 1]` column: program column `c` of the parameters, or `default`.
-    fn column(inp: &SegmentInput<'_>, c: Option<u32>, default: f32, rows: usize) -> KResult<Tensor> {
+    fn column(
+        inp: &SegmentInput<'_>,
+        c: Option<u32>,
+        default: f32,
+        rows: usize,
+    ) -> KResult<Tensor> {
         let dev = inp.logits.device();
         Ok(match (c, inp.params) {
             (Some(c), Some(p)) => p.narrow(1, c as usize, 1)?,
@@ -513,7 +526,11 @@ mod cuda_adapter {
             let mut bias: Option<Vec<f32>> = None;
             let mut add_bias = |id: u32, b: f32| -> KResult<()> {
                 if id as usize >= vocab {
-                    return Err(KernelError::TokenOutOfRange { what: "bias", id: id as u64, vocab });
+                    return Err(KernelError::TokenOutOfRange {
+                        what: "bias",
+                        id: id as u64,
+                        vocab,
+                    });
                 }
                 let row = bias.get_or_insert_with(|| vec![0f32; vocab]);
                 row[id as usize] += b;
@@ -521,7 +538,9 @@ mod cuda_adapter {
             };
             for op in ops {
                 match op {
-                    StageOp::Ban(ids) => ids.iter().try_for_each(|&i| add_bias(i, f32::NEG_INFINITY))?,
+                    StageOp::Ban(ids) => ids
+                        .iter()
+                        .try_for_each(|&i| add_bias(i, f32::NEG_INFINITY))?,
                     StageOp::LogitBias(e) => e.iter().try_for_each(|&(i, b)| add_bias(i, b))?,
                     StageOp::RepetitionDivide(p) => {
                         (rep, decay, window) = (Some(p.penalty), Some(p.decay), Some(p.window))
@@ -540,7 +559,11 @@ mod cuda_adapter {
                 }
             }
             if stop as usize >= vocab {
-                return Err(KernelError::TokenOutOfRange { what: "stop_token", id: stop as u64, vocab });
+                return Err(KernelError::TokenOutOfRange {
+                    what: "stop_token",
+                    id: stop as u64,
+                    vocab,
+                });
             }
             let (tokens, lens) = match &inp.history {
                 Some(h) => {
@@ -552,7 +575,10 @@ mod cuda_adapter {
                 }
                 None => {
                     length = None;
-                    (Tensor::zeros((rows, 1), DType::U32, &dev)?, Tensor::zeros(rows, DType::U32, &dev)?)
+                    (
+                        Tensor::zeros((rows, 1), DType::U32, &dev)?,
+                        Tensor::zeros(rows, DType::U32, &dev)?,
+                    )
                 }
             };
             let params = columns(vec![
@@ -643,8 +669,13 @@ mod cuda_adapter {
         vocab: usize,
     ) -> KResult<(SegmentOutput, Appended, u64)> {
         let (out, n) = cuda_segment(program, inp, Emit::Tokens, rows, vocab)?;
-        let hist = inp.history.ok_or_else(|| invalid("appending needs the history"))?;
-        let tokens = out.tokens.clone().ok_or_else(|| invalid("the segment drew nothing"))?;
+        let hist = inp
+            .history
+            .ok_or_else(|| invalid("appending needs the history"))?;
+        let tokens = out
+            .tokens
+            .clone()
+            .ok_or_else(|| invalid("the segment drew nothing"))?;
         let dev = inp.logits.device();
         let running = match append.stopped {
             Some(s) => s.eq(0u8)?,
@@ -654,8 +685,11 @@ mod cuda_adapter {
             Some(stop) => (running * tokens.ne(stop)?)?,
             None => running,
         };
-        hist.tokens
-            .scatter_set(&hist.lens.unsqueeze(1)?, &tokens.unsqueeze(1)?.contiguous()?, 1)?;
+        hist.tokens.scatter_set(
+            &hist.lens.unsqueeze(1)?,
+            &tokens.unsqueeze(1)?.contiguous()?,
+            1,
+        )?;
         let lens = (hist.lens + grows.to_dtype(DType::U32)?)?;
         let stopped = match append.stopped {
             None => None,
@@ -681,10 +715,18 @@ mod tests {
 
     #[test]
     fn cuda_plans_follow_the_kernels_fixed_order() {
-        let plan = |s: &[S]| cuda_plan(s).map(|p| p.iter().map(|p| p.stages.clone()).collect::<Vec<_>>());
+        let plan =
+            |s: &[S]| cuda_plan(s).map(|p| p.iter().map(|p| p.stages.clone()).collect::<Vec<_>>());
         // The reference AR chain: one penalty launch, one filter launch with the draw.
         assert_eq!(
-            plan(&[S::RepetitionDivide, S::LengthPenalty, S::MinP, S::TopK, S::TopP, S::Draw]),
+            plan(&[
+                S::RepetitionDivide,
+                S::LengthPenalty,
+                S::MinP,
+                S::TopK,
+                S::TopP,
+                S::Draw
+            ]),
             Some(vec![vec![0, 1], vec![2, 3, 4, 5]])
         );
         // Bans fold anywhere into a penalty launch; a bias must come last in it.
@@ -698,7 +740,10 @@ mod tests {
             Some(vec![vec![0], vec![1]])
         );
         // Out of the kernel's order: a new launch.
-        assert_eq!(plan(&[S::TopK, S::MinP, S::Draw]), Some(vec![vec![0], vec![1, 2]]));
+        assert_eq!(
+            plan(&[S::TopK, S::MinP, S::Draw]),
+            Some(vec![vec![0], vec![1, 2]])
+        );
         assert_eq!(plan(&[S::TopK, S::TypicalP]), None);
         assert_eq!(plan(&[S::MirostatV2]), None);
     }

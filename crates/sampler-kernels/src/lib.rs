@@ -33,13 +33,11 @@ mod philox;
 mod segment;
 pub mod spec;
 
-pub use cpu::{
-    entropy_temperature, sigmoid_is_dynamic, sigmoid_temperature, MIN_DYNAMIC_T,
-};
+pub use cpu::{entropy_temperature, sigmoid_is_dynamic, sigmoid_temperature, MIN_DYNAMIC_T};
 pub use error::{KernelError, Result};
 pub use philox::{philox4x32_10, philox_uniform, philox_uniform_lane, XTC_LANE};
 pub use segment::{
-    attention_metrics, launches, run_segment, run_segment_append, supports, Append, Appended,
-    Emit, HistoryInput, SegmentInput, SegmentOutput,
+    attention_metrics, launches, run_segment, run_segment_append, supports, Append, Appended, Emit,
+    HistoryInput, SegmentInput, SegmentOutput,
 };
 pub use spec::{Program, StageId, StageOp};

@@ -139,7 +139,10 @@ fn rows_vocab(logits: &Tensor) -> Result<(usize, usize)> {
 
 fn check_tensor(t: &Tensor, what: &str, dtype: DType, dims: &[usize], dev: &Device) -> Result<()> {
     if t.dtype() != dtype {
-        return Err(invalid(format!("{what} must be {dtype:?}, got {:?}", t.dtype())));
+        return Err(invalid(format!(
+            "{what} must be {dtype:?}, got {:?}",
+            t.dtype()
+        )));
     }
     if t.dims() != dims {
         return Err(invalid(format!(
@@ -177,10 +180,12 @@ fn check_inputs(program: &Program, inp: &SegmentInput<'_>, emit: Emit) -> Result
         check_tensor(n, "null logits", DType::F32, &[rows, vocab], dev)?;
     }
     if let Some(h) = &inp.history {
-        let (hrows, _) = h
-            .tokens
-            .dims2()
-            .map_err(|_| invalid(format!("history tokens must be 2-D, got {:?}", h.tokens.dims())))?;
+        let (hrows, _) = h.tokens.dims2().map_err(|_| {
+            invalid(format!(
+                "history tokens must be 2-D, got {:?}",
+                h.tokens.dims()
+            ))
+        })?;
         check_tensor(h.tokens, "history tokens", DType::U32, h.tokens.dims(), dev)?;
         check_tensor(h.lens, "history lengths", DType::U32, &[rows], dev)?;
         match h.row_map {
@@ -202,26 +207,50 @@ fn check_inputs(program: &Program, inp: &SegmentInput<'_>, emit: Emit) -> Result
     if let Some(a) = inp.attention {
         let r = a.dims().first().copied().unwrap_or(0);
         let r = if r == 1 { 1 } else { rows };
-        check_tensor(a, "attention metrics", DType::F32, &[r, ATTENTION_METRICS], dev)?;
+        check_tensor(
+            a,
+            "attention metrics",
+            DType::F32,
+            &[r, ATTENTION_METRICS],
+            dev,
+        )?;
     }
     Ok((rows, vocab))
 }
 
-fn f32_rows<'a>(s: &'a CpuStorage, l: &Layout, rows: usize, cols: usize, what: &str) -> Result<Strided<'a, f32>> {
+fn f32_rows<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    rows: usize,
+    cols: usize,
+    what: &str,
+) -> Result<Strided<'a, f32>> {
     let CpuStorage::F32(data) = s else {
         return Err(invalid(format!("{what} must be f32")));
     };
     strided(data, l, rows, cols, what)
 }
 
-fn u32_rows<'a>(s: &'a CpuStorage, l: &Layout, rows: usize, cols: usize, what: &str) -> Result<Strided<'a, u32>> {
+fn u32_rows<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    rows: usize,
+    cols: usize,
+    what: &str,
+) -> Result<Strided<'a, u32>> {
     let CpuStorage::U32(data) = s else {
         return Err(invalid(format!("{what} must be u32")));
     };
     strided(data, l, rows, cols, what)
 }
 
-fn strided<'a, T>(data: &'a [T], l: &Layout, rows: usize, cols: usize, what: &str) -> Result<Strided<'a, T>> {
+fn strided<'a, T>(
+    data: &'a [T],
+    l: &Layout,
+    rows: usize,
+    cols: usize,
+    what: &str,
+) -> Result<Strided<'a, T>> {
     let (row_stride, cols) = match l.stride() {
         [s] if *s == 1 || rows <= 1 => (1, 1),
         [s0, s1] if *s1 == 1 || cols <= 1 => (*s0, cols),
@@ -261,12 +290,24 @@ fn run_cpu(
     let logits = f32_rows(cpu_storage(&lg, "logits")?, ll, rows, vocab, "logits")?;
     let params_g = inp.params.map(|p| p.storage_and_layout());
     let params = match &params_g {
-        Some((g, l)) => Some(f32_rows(cpu_storage(g, "params")?, l, rows, program.columns, "params")?),
+        Some((g, l)) => Some(f32_rows(
+            cpu_storage(g, "params")?,
+            l,
+            rows,
+            program.columns,
+            "params",
+        )?),
         None => None,
     };
     let null_g = inp.null_logits.map(|p| p.storage_and_layout());
     let null = match &null_g {
-        Some((g, l)) => Some(f32_rows(cpu_storage(g, "null logits")?, l, rows, vocab, "null logits")?),
+        Some((g, l)) => Some(f32_rows(
+            cpu_storage(g, "null logits")?,
+            l,
+            rows,
+            vocab,
+            "null logits",
+        )?),
         None => None,
     };
     let ids_g = inp.row_ids.map(|p| p.storage_and_layout());
@@ -283,7 +324,13 @@ fn run_cpu(
     let attention = match (&attn_g, inp.attention) {
         (Some((g, l)), Some(t)) => {
             let r = t.dim(0)?;
-            let mut a = f32_rows(cpu_storage(g, "attention")?, l, r, ATTENTION_METRICS, "attention")?;
+            let mut a = f32_rows(
+                cpu_storage(g, "attention")?,
+                l,
+                r,
+                ATTENTION_METRICS,
+                "attention",
+            )?;
             if r == 1 {
                 a.stride = 0;
             }
@@ -313,9 +360,25 @@ fn run_cpu(
                 (None, None) => return Err(invalid("history tokens missing")),
             };
             let tokens = u32_rows(ts, tl, *hrows, *cap, "history tokens")?;
-            let lens = u32_rows(cpu_storage(lg, "history lengths")?, ll, rows, 1, "history lengths")?.data;
+            let lens = u32_rows(
+                cpu_storage(lg, "history lengths")?,
+                ll,
+                rows,
+                1,
+                "history lengths",
+            )?
+            .data;
             let row_map = match map {
-                Some((g, l)) => Some(u32_rows(cpu_storage(g, "history row map")?, l, rows, 1, "history row map")?.data),
+                Some((g, l)) => Some(
+                    u32_rows(
+                        cpu_storage(g, "history row map")?,
+                        l,
+                        rows,
+                        1,
+                        "history row map",
+                    )?
+                    .data,
+                ),
                 None => None,
             };
             Some(cpu::History {
@@ -348,7 +411,13 @@ fn cpu_tensor(s: CpuStorage, shape: impl Into<candle_core::Shape>) -> Tensor {
 }
 
 /// The tensors of a CPU run.
-fn cpu_outputs(program: &Program, out: cpu::Output, rows: usize, vocab: usize, emit: Emit) -> SegmentOutput {
+fn cpu_outputs(
+    program: &Program,
+    out: cpu::Output,
+    rows: usize,
+    vocab: usize,
+    emit: Emit,
+) -> SegmentOutput {
     let r = &out.rows;
     let mut o = SegmentOutput {
         empty_rows: r
@@ -363,12 +432,24 @@ fn cpu_outputs(program: &Program, out: cpu::Output, rows: usize, vocab: usize, e
         o.logits = Some(cpu_tensor(CpuStorage::F32(l), (rows, vocab)));
     }
     if emit == Emit::Tokens {
-        o.tokens = Some(cpu_tensor(CpuStorage::U32(r.iter().map(|x| x.token).collect()), rows));
-        o.probs = Some(cpu_tensor(CpuStorage::F32(r.iter().map(|x| x.prob).collect()), rows));
-        o.logprobs = Some(cpu_tensor(CpuStorage::F32(r.iter().map(|x| x.logprob).collect()), rows));
+        o.tokens = Some(cpu_tensor(
+            CpuStorage::U32(r.iter().map(|x| x.token).collect()),
+            rows,
+        ));
+        o.probs = Some(cpu_tensor(
+            CpuStorage::F32(r.iter().map(|x| x.prob).collect()),
+            rows,
+        ));
+        o.logprobs = Some(cpu_tensor(
+            CpuStorage::F32(r.iter().map(|x| x.logprob).collect()),
+            rows,
+        ));
     }
     if program.has_state() {
-        o.state = Some(cpu_tensor(CpuStorage::F32(r.iter().map(|x| x.mu).collect()), rows));
+        o.state = Some(cpu_tensor(
+            CpuStorage::F32(r.iter().map(|x| x.mu).collect()),
+            rows,
+        ));
     }
     if program.has_entropix() {
         let m: Vec<f32> = r.iter().flat_map(|x| x.metrics).collect();
@@ -400,7 +481,12 @@ pub fn run_segment(program: &Program, inp: &SegmentInput<'_>, emit: Emit) -> Res
     }
 }
 
-fn empty_output(program: &Program, inp: &SegmentInput<'_>, vocab: usize, emit: Emit) -> Result<SegmentOutput> {
+fn empty_output(
+    program: &Program,
+    inp: &SegmentInput<'_>,
+    vocab: usize,
+    emit: Emit,
+) -> Result<SegmentOutput> {
     let dev = inp.logits.device();
     let mut o = SegmentOutput::default();
     match emit {
@@ -448,10 +534,24 @@ impl InplaceOp1 for AppendOp<'_> {
 }
 
 impl AppendOp<'_> {
-    fn cpu(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<(cpu::Output, Vec<u32>, Option<Vec<u8>>)> {
+    fn cpu(
+        &self,
+        storage: &mut CpuStorage,
+        layout: &Layout,
+    ) -> Result<(cpu::Output, Vec<u32>, Option<Vec<u8>>)> {
         let (rows, vocab) = (self.rows, self.vocab);
-        let out = run_cpu(self.program, &self.inp, Emit::Tokens, rows, vocab, Some((storage, layout)))?;
-        let hist = self.inp.history.ok_or_else(|| invalid("append needs the history"))?;
+        let out = run_cpu(
+            self.program,
+            &self.inp,
+            Emit::Tokens,
+            rows,
+            vocab,
+            Some((storage, layout)),
+        )?;
+        let hist = self
+            .inp
+            .history
+            .ok_or_else(|| invalid("append needs the history"))?;
         let lens = read_u32(hist.lens, rows)?;
         let stopped = match self.append.stopped {
             Some(s) => Some(read_u8(s, rows)?),
@@ -573,7 +673,8 @@ pub fn run_segment_append(
             ))
         }
         Device::Cuda(_) => {
-            let (out, appended, n) = crate::gpu::cuda_segment_append(program, inp, append, rows, vocab)?;
+            let (out, appended, n) =
+                crate::gpu::cuda_segment_append(program, inp, append, rows, vocab)?;
             launched(n);
             Ok((out, appended))
         }

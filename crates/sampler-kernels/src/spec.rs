@@ -604,7 +604,10 @@ pub fn c_header() -> String {
         for (i, f) in id.fields().iter().enumerate() {
             s.push_str(&format!("#define SK_{name}_{} {i}u\n", f.to_uppercase()));
         }
-        s.push_str(&format!("#define SK_{name}_FIELDS {}u\n", id.fields().len()));
+        s.push_str(&format!(
+            "#define SK_{name}_FIELDS {}u\n",
+            id.fields().len()
+        ));
     }
     s.push('\n');
     for (i, f) in EntropixParams::FIELDS.iter().enumerate() {

@@ -85,7 +85,8 @@ impl LogitsProcessor for ClassifierFreeGuidance {
         let null0 = both.where_cond(&null, &full_like(&null, 0.0)?)?;
         let guided = (&null0 + (&pos0 - &null0)?.broadcast_mul(&strength)?)?;
         let rescale = self.rescale.column(rows, dev)?;
-        let ratio = (masked_std(&pos0, &both)? / masked_std(&guided, &both)?)?.to_dtype(DType::F32)?;
+        let ratio =
+            (masked_std(&pos0, &both)? / masked_std(&guided, &both)?)?.to_dtype(DType::F32)?;
         // A constant row has std 0: keep its guided values.
         let ratio = finite_or_one(&ratio)?;
         let rescaled = guided.broadcast_mul(&ratio)?;

@@ -104,10 +104,12 @@ impl LogitsProcessor for DynamicTemperature {
     }
 
     fn stage(&self) -> Option<Stage> {
-        Some(Stage::new(StageOp::SigmoidTemperature(row::SigmoidTemperature {
-            t: self.params.t.clone(),
-            t_min: self.params.t_min.clone(),
-        })))
+        Some(Stage::new(StageOp::SigmoidTemperature(
+            row::SigmoidTemperature {
+                t: self.params.t.clone(),
+                t_min: self.params.t_min.clone(),
+            },
+        )))
     }
 }
 

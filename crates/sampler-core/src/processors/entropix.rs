@@ -210,24 +210,23 @@ impl Entropix {
         let rows = logits.dim(0)?;
         let dev = logits.device();
         let (entropy, varentropy) = entropy_varentropy(logits)?;
-        let [attn_entropy, attn_varentropy, agreement, interaction_strength] = match ctx
-            .attentions()
-        {
-            None => {
-                let z = Tensor::zeros(rows, DType::F32, dev)?;
-                [z.clone(), z.clone(), z.clone(), z]
-            }
-            Some(a) => {
-                let m = attention_metrics(a, rows)?.to_device(dev)?;
-                let per_row = |c: usize| -> Result<Tensor> {
-                    Ok(m.narrow(1, c, 1)?
-                        .squeeze(1)?
-                        .broadcast_as(rows)?
-                        .contiguous()?)
-                };
-                [per_row(0)?, per_row(1)?, per_row(2)?, per_row(3)?]
-            }
-        };
+        let [attn_entropy, attn_varentropy, agreement, interaction_strength] =
+            match ctx.attentions() {
+                None => {
+                    let z = Tensor::zeros(rows, DType::F32, dev)?;
+                    [z.clone(), z.clone(), z.clone(), z]
+                }
+                Some(a) => {
+                    let m = attention_metrics(a, rows)?.to_device(dev)?;
+                    let per_row = |c: usize| -> Result<Tensor> {
+                        Ok(m.narrow(1, c, 1)?
+                            .squeeze(1)?
+                            .broadcast_as(rows)?
+                            .contiguous()?)
+                    };
+                    [per_row(0)?, per_row(1)?, per_row(2)?, per_row(3)?]
+                }
+            };
         let c = &self.config;
         let (h, v) = (&entropy, &varentropy);
         let th = |x: f32| x as f64;

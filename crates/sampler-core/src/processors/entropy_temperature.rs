@@ -124,11 +124,13 @@ impl LogitsProcessor for EntropyTemperature {
     }
 
     fn stage(&self) -> Option<Stage> {
-        Some(Stage::new(StageOp::EntropyTemperature(row::EntropyTemperature {
-            t: self.params.t.clone(),
-            range: self.params.range.clone(),
-            exponent: self.params.exponent.clone(),
-        })))
+        Some(Stage::new(StageOp::EntropyTemperature(
+            row::EntropyTemperature {
+                t: self.params.t.clone(),
+                range: self.params.range.clone(),
+                exponent: self.params.exponent.clone(),
+            },
+        )))
     }
 }
 

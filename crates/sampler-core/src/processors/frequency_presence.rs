@@ -67,11 +67,13 @@ impl LogitsProcessor for FrequencyPresencePenalty {
     }
 
     fn stage(&self) -> Option<Stage> {
-        Some(Stage::new(StageOp::FrequencyPresence(row::FrequencyPresence {
-            frequency: self.frequency.clone(),
-            presence: self.presence.clone(),
-            window: self.window.clone(),
-        })))
+        Some(Stage::new(StageOp::FrequencyPresence(
+            row::FrequencyPresence {
+                frequency: self.frequency.clone(),
+                presence: self.presence.clone(),
+                window: self.window.clone(),
+            },
+        )))
     }
 }
 

@@ -235,8 +235,16 @@ impl Selector for Mirostat {
         let dev = d.probs.device();
         let mu = self.mu_column(rows, dev)?.squeeze(1)?;
         let surprise = (d.logprobs.to_dtype(DType::F64)? * (-1.0 / LN_2))?;
-        let tau = self.params.tau.column_as(rows, dev, DType::F64)?.squeeze(1)?;
-        let eta = self.params.eta.column_as(rows, dev, DType::F64)?.squeeze(1)?;
+        let tau = self
+            .params
+            .tau
+            .column_as(rows, dev, DType::F64)?
+            .squeeze(1)?;
+        let eta = self
+            .params
+            .eta
+            .column_as(rows, dev, DType::F64)?
+            .squeeze(1)?;
         let mu = (mu.to_dtype(DType::F64)? - ((surprise - tau)? * eta)?)?;
         self.mu.set(Some(mu.to_dtype(DType::F32)?));
         Ok(d)
@@ -317,7 +325,14 @@ mod tests {
             .map(|p| p.ln())
             .collect();
         let x = t2(&[&l]);
-        let k = |tau: f32| kept(&Mirostat::v2(tau, 0.1).unwrap().distribution(&x, &ctx()).unwrap());
+        let k = |tau: f32| {
+            kept(
+                &Mirostat::v2(tau, 0.1)
+                    .unwrap()
+                    .distribution(&x, &ctx())
+                    .unwrap(),
+            )
+        };
         assert_eq!(k(1.1), vec![2]);
         assert_eq!(k(1.6), vec![4]);
         let y = Mirostat::v2(0.25, 0.1)?.distribution(&x, &ctx())?;
@@ -350,7 +365,10 @@ mod tests {
         // Exact Zipf rows (s = 1.2): with mu = 2 tau, k = ((0.2 * 2^mu) / (1 - N^-0.2))^(1/1.2):
         // N = 1000, tau = 3: 10.65 -> 10; N = 20 (< m), tau = 3: 16.26 -> 16; tau = 2: 5.12 -> 5.
         let big = t2(&[&zipf(1000, 1.2)]);
-        assert_eq!(kept(&Mirostat::v1(3.0, 0.1)?.distribution(&big, &ctx())?), vec![10]);
+        assert_eq!(
+            kept(&Mirostat::v1(3.0, 0.1)?.distribution(&big, &ctx())?),
+            vec![10]
+        );
         let small = t2(&[&zipf(20, 1.2), &zipf(20, 1.2)]);
         let tau = Tensor::new(&[3f32, 2.0], &Device::Cpu)?;
         assert_eq!(

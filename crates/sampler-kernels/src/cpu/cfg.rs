@@ -60,11 +60,7 @@ impl Row<'_, '_> {
             let pos = &mut self.s.dense;
             let both = |i: usize, v: f32| v > f32::NEG_INFINITY && null[i] > f32::NEG_INFINITY;
             let r = if rescale != 0.0 {
-                let items = || {
-                    pos.iter()
-                        .enumerate()
-                        .filter(move |&(i, &v)| both(i, v))
-                };
+                let items = || pos.iter().enumerate().filter(move |&(i, &v)| both(i, v));
                 let sp = mean_std(items().map(|(_, &v)| v as f64));
                 let sg = mean_std(items().map(|(i, &v)| guide(v, null[i]) as f64));
                 Some(ratio(sp, sg))

@@ -105,10 +105,7 @@ impl Row<'_, '_> {
         let total = self.cand_exps();
         let ln_total = total.ln();
         let Scratch {
-            cands,
-            f64s,
-            f64b,
-            ..
+            cands, f64s, f64b, ..
         } = &mut *self.s;
         let pick = if greedy {
             cands
@@ -158,7 +155,9 @@ impl Row<'_, '_> {
                     }
                 }
             }
-            found.or(last).ok_or(KernelError::AllMasked { row: self.inp.row })?
+            found
+                .or(last)
+                .ok_or(KernelError::AllMasked { row: self.inp.row })?
         };
         let c = cands[pick];
         Ok(Drawn {
@@ -193,9 +192,7 @@ impl Row<'_, '_> {
             let m = self.max();
             let ln_s = self.cand_exps().ln();
             let bound = mu as f64;
-            self.retain(|c, _| {
-                c.v == m || -((c.v as f64 - m as f64) - ln_s) / LN_2 <= bound
-            });
+            self.retain(|c, _| c.v == m || -((c.v as f64 - m as f64) - ln_s) / LN_2 <= bound);
         }
         if emit == Emit::Tokens {
             self.mirostat_draw(mu, tau, eta, greedy)?;

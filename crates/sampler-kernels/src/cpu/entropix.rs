@@ -44,16 +44,24 @@ pub fn state_params(c: &EntropixParams, state: u32, metrics: &[f32], vocab: usiz
     let d = |x: f32| x as f64;
     let temp = match state {
         st::ARGMAX => 1.0,
-        st::CLARIFY => aff(ae, t * d(c.helv_attn_ent_coef), t * d(c.helv_attn_ent_offset))
-            .min(c.helv_max_temperature),
+        st::CLARIFY => aff(
+            ae,
+            t * d(c.helv_attn_ent_coef),
+            t * d(c.helv_attn_ent_offset),
+        )
+        .min(c.helv_max_temperature),
         st::EXPLORE => aff(
             inter,
             t * d(c.lehv_interaction_strength_coef),
             t * d(c.lehv_interaction_strength_offset),
         )
         .min(c.lehv_max_temperature),
-        st::RESAMPLE => aff(av, t * d(c.hehv_attn_vent_coef), t * d(c.hehv_attn_vent_offset))
-            .max(c.hehv_min_temperature),
+        st::RESAMPLE => aff(
+            av,
+            t * d(c.hehv_attn_vent_coef),
+            t * d(c.hehv_attn_vent_offset),
+        )
+        .max(c.hehv_min_temperature),
         _ => aff(
             (aff(uncertainty, d(c.ada_temp_logits), 1.0)
                 + aff(attn_uncertainty, d(c.ada_temp_attn), 0.0))
@@ -263,7 +271,9 @@ pub fn attention_metrics(
 ) -> std::result::Result<Vec<[f32; 4]>, String> {
     let [r, l, h, q, k] = dims;
     if a.len() != r * l * h * q * k || l * h * q * k == 0 {
-        return Err(format!("attention scores of shape {dims:?} are empty or mis-sized"));
+        return Err(format!(
+            "attention scores of shape {dims:?} are empty or mis-sized"
+        ));
     }
     let mut out = Vec::with_capacity(r);
     let mut p = vec![0f64; l * h * q * k];
@@ -301,13 +311,12 @@ pub fn attention_metrics(
             for qi in 0..q {
                 let idx = |hi: usize| (li * h + hi) * q + qi;
                 let mean = (0..h).map(|hi| ent[idx(hi)]).sum::<f64>() / h as f64;
-                var_sum += (0..h)
-                    .map(|hi| (ent[idx(hi)] - mean).powi(2))
-                    .sum::<f64>()
-                    / h as f64;
+                var_sum += (0..h).map(|hi| (ent[idx(hi)] - mean).powi(2)).sum::<f64>() / h as f64;
                 for kj in 0..k {
                     let pm = (0..h).map(|hi| p[idx(hi) * k + kj]).sum::<f64>() / h as f64;
-                    agree_sum += (0..h).map(|hi| (p[idx(hi) * k + kj] - pm).abs()).sum::<f64>();
+                    agree_sum += (0..h)
+                        .map(|hi| (p[idx(hi) * k + kj] - pm).abs())
+                        .sum::<f64>();
                 }
             }
         }

@@ -77,7 +77,7 @@ impl Row<'_, '_> {
                 // Fewer than mm are above the cut: the mm-th largest lies below it.
                 let floor = self.floor();
                 let (x, tmp, gathered) = self.dense_tmp_cands();
-                let kth = select::kth_largest_dense(x, floor, mm, count, m, tmp, gathered);
+                let kth = select::kth_largest_dense(x, floor, mm, count, m, Some(a), tmp, gathered);
                 self.raise_floor(kth.value, Some(kth.at_least));
                 self.set_superset(kth.gathered_from);
             }
@@ -103,7 +103,7 @@ impl Row<'_, '_> {
             let floor = self.floor();
             let m = self.max();
             let (x, tmp, gathered) = self.dense_tmp_cands();
-            let kth = select::kth_largest_dense(x, floor, k, count, m, tmp, gathered);
+            let kth = select::kth_largest_dense(x, floor, k, count, m, None, tmp, gathered);
             self.raise_floor(kth.value, Some(kth.at_least));
             self.set_superset(kth.gathered_from);
         }

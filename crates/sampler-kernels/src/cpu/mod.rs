@@ -16,8 +16,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-pub(crate) use row::{Emit, RowOutput};
 use row::{run_row, RowInput, Scratch};
+pub(crate) use row::{Emit, RowOutput};
 
 pub use temperature::{
     entropy_temperature, sigmoid_is_dynamic, sigmoid_temperature, MIN_DYNAMIC_T,
@@ -32,7 +32,7 @@ thread_local! {
 
 /// Batches with fewer logits than this run on the calling thread: below it, handing rows to
 /// the pool costs more than it saves.
-const PARALLEL_MIN: usize = 1 << 15;
+const PARALLEL_MIN: usize = 1 << 12;
 
 /// A `[rows, cols]` input: rows `stride` apart in `data`.
 #[derive(Clone, Copy)]

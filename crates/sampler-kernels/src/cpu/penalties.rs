@@ -85,7 +85,7 @@ impl Row<'_, '_> {
     }
 
     /// Applies the effects in `s.effects` with `f(value, log_div, count)`.
-    fn apply_effects(&mut self, f: impl Fn(f32, f32, u32) -> f32) {
+    fn apply_effects(&mut self, mut f: impl FnMut(f32, f32, u32) -> f32) {
         let effects = std::mem::take(&mut self.s.effects);
         if !effects.is_empty() {
             self.editable();
@@ -103,12 +103,21 @@ impl Row<'_, '_> {
             return;
         }
         effects(self.s, hist, window(hist, w), Some((penalty.ln(), decay)));
-        self.apply_effects(|v, log_div, _| {
-            if log_div != 0.0 {
-                v / log_div.exp()
-            } else {
-                v
+        // Without decay a token's log-divisor depends on its count only: one exponential per
+        // count (the same f32 sums, so the same divisors).
+        let mut memo: [(u32, f32); 8] = [(0, 1.0); 8];
+        self.apply_effects(|v, log_div, count| {
+            if log_div == 0.0 {
+                return v;
             }
+            if decay == 0.0 && (count as usize) < memo.len() {
+                let slot = &mut memo[count as usize];
+                if slot.0 != count {
+                    *slot = (count, log_div.exp());
+                }
+                return v / slot.1;
+            }
+            v / log_div.exp()
         });
     }
 
@@ -159,7 +168,11 @@ impl Row<'_, '_> {
         let base = self.p(p.base);
         let allowed = self.p(p.allowed_length);
         let w = self.p(p.window);
-        check_ids(tables.breakers.iter().copied(), "dry_sequence_breakers", self.vocab)?;
+        check_ids(
+            tables.breakers.iter().copied(),
+            "dry_sequence_breakers",
+            self.vocab,
+        )?;
         let Some(hist) = self.inp.hist else {
             return Ok(());
         };

@@ -191,9 +191,7 @@ impl<'a, 's> Row<'a, 's> {
             _ => {
                 let mut c = std::mem::take(&mut self.s.cands);
                 c.clear();
-                vector::for_each_at_least(self.vals(), floor, |i, v| {
-                    c.push(Cand { v, id: i as u32 })
-                });
+                vector::gather_at_least(self.vals(), floor, &mut c);
                 self.s.cands = c;
             }
         }

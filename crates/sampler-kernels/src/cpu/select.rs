@@ -51,20 +51,23 @@ pub(crate) struct Kth {
 }
 
 /// The k-th largest value among the elements of `x` that are `>= floor`, of which there are
-/// `count` (`1 <= k <= count`); `max` is the largest of them. Leaves in `gathered` every
-/// element at or above `Kth::gathered_from`, with ids.
+/// `count` (`1 <= k <= count`); `max` is the largest of them, and `below`, when given, a value
+/// with fewer than k elements at or above it. Leaves in `gathered` every element at or above
+/// `Kth::gathered_from`, with ids.
 ///
 /// A threshold `t` below the maximum with `k <= count(>= t) <= 4k + 64` is searched for by
 /// vectorised counting passes (its distance from the maximum guessed from a strided sample,
 /// then doubled or halved), and only the elements at or above it are gathered and selected
 /// over, so the cost stays a few linear passes however flat or peaked the row is. The answer
 /// is exact either way: every one of the k largest is at or above such a `t`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn kth_largest_dense(
     x: &[f32],
     floor: f32,
     k: usize,
     count: usize,
     max: f32,
+    below: Option<f32>,
     tmp: &mut Vec<f32>,
     gathered: &mut Vec<Cand>,
 ) -> Kth {
@@ -72,7 +75,11 @@ pub(crate) fn kth_largest_dense(
     let cap = 4 * k + 64;
     let mut from = floor;
     if count > cap && max.is_finite() {
-        let mut d = first_distance(x, floor, k, count, max, tmp);
+        // A value known to have fewer than k elements at or above it bounds the distance.
+        let mut d = match below {
+            Some(b) if b < max && b > floor => 2.0 * (max as f64 - b as f64),
+            _ => first_distance(x, floor, k, count, max, tmp),
+        };
         let (mut d_lo, mut d_hi) = (0f64, f64::INFINITY);
         for _ in 0..40 {
             let t = ((max as f64 - d) as f32).max(floor);
@@ -82,7 +89,11 @@ pub(crate) fn kth_largest_dense(
                     break;
                 }
                 d_lo = d;
-                d = if d_hi.is_finite() { (d + d_hi) / 2.0 } else { d * 2.0 };
+                d = if d_hi.is_finite() {
+                    (d + d_hi) / 2.0
+                } else {
+                    d * 2.0
+                };
             } else {
                 from = t;
                 if c <= cap {
@@ -97,7 +108,7 @@ pub(crate) fn kth_largest_dense(
         }
     }
     gathered.clear();
-    vector::for_each_at_least(x, from, |i, v| gathered.push(Cand { v, id: i as u32 }));
+    vector::gather_at_least(x, from, gathered);
     tmp.clear();
     tmp.extend(gathered.iter().map(|c| c.v));
     let value = kth_largest(tmp, k);
@@ -111,7 +122,14 @@ pub(crate) fn kth_largest_dense(
 
 /// A first guess of how far below the maximum the k-th largest lies: the distance of the value
 /// of matching rank in a strided sample (a positive distance in any case).
-fn first_distance(x: &[f32], floor: f32, k: usize, count: usize, max: f32, tmp: &mut Vec<f32>) -> f64 {
+fn first_distance(
+    x: &[f32],
+    floor: f32,
+    k: usize,
+    count: usize,
+    max: f32,
+    tmp: &mut Vec<f32>,
+) -> f64 {
     let stride = (x.len() / SAMPLE).max(1);
     tmp.clear();
     tmp.extend(
@@ -161,7 +179,11 @@ pub(crate) fn top_p_last(c: &[Cand], q: &[f64], p: f64) -> Cand {
     let mut w: Vec<Weighted> = c
         .iter()
         .zip(q)
-        .map(|(x, &q)| Weighted { v: x.v, id: x.id, q })
+        .map(|(x, &q)| Weighted {
+            v: x.v,
+            id: x.id,
+            q,
+        })
         .collect();
     // w[..m] is the window: every candidate ranked before it is kept, with mass `before`
     // (<= p, so the window's first candidate is kept too); every one after it dropped.
@@ -330,7 +352,11 @@ mod tests {
                     }
                 })
                 .collect();
-            let floor = if case % 2 == 0 { vector::ALL_FINITE } else { -4.0 };
+            let floor = if case % 2 == 0 {
+                vector::ALL_FINITE
+            } else {
+                -4.0
+            };
             let mut set: Vec<f32> = x.iter().cloned().filter(|&v| v >= floor).collect();
             set.sort_by(|a, b| b.partial_cmp(a).unwrap());
             let mut tmp = Vec::new();
@@ -339,10 +365,25 @@ mod tests {
                     continue;
                 }
                 let mut gathered = Vec::new();
-                let got = kth_largest_dense(&x, floor, k, set.len(), set[0], &mut tmp, &mut gathered);
+                let got = kth_largest_dense(
+                    &x,
+                    floor,
+                    k,
+                    set.len(),
+                    set[0],
+                    None,
+                    &mut tmp,
+                    &mut gathered,
+                );
                 assert_eq!(got.value, set[k - 1], "case {case} n {n} k {k}");
-                assert_eq!(got.at_least, set.iter().filter(|&&v| v >= got.value).count());
-                let want = x.iter().filter(|&&v| v >= got.gathered_from && v >= floor).count();
+                assert_eq!(
+                    got.at_least,
+                    set.iter().filter(|&&v| v >= got.value).count()
+                );
+                let want = x
+                    .iter()
+                    .filter(|&&v| v >= got.gathered_from && v >= floor)
+                    .count();
                 assert_eq!(gathered.len(), want);
             }
         }

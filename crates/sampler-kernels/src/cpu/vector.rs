@@ -99,9 +99,14 @@ fn max_body(x: &[f32]) -> f32 {
         .fold(fold_max(&m), |a, &b| if b > a { b } else { a })
 }
 
-multiversion! {
-    /// The number of values `>= t` (`t` finite, so `-inf` never counts).
-    pub(crate) fn count_at_least(x: &[f32], t: f32) -> usize = count_at_least_body;
+/// The number of values `>= t` (`t` finite, so `-inf` never counts).
+pub(crate) fn count_at_least(x: &[f32], t: f32) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { avx2::count_at_least(x, t) };
+    }
+    count_at_least_body(x, t)
 }
 
 #[inline(always)]
@@ -119,23 +124,82 @@ fn count_at_least_body(x: &[f32], t: f32) -> usize {
     total + tail.iter().filter(|&&v| v >= t).count()
 }
 
+/// The compare-and-count passes in AVX2 intrinsics: comparisons only, so the results are the
+/// portable loops' exactly.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::super::select::Cand;
+
+    /// See [`super::count_at_least`].
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn count_at_least(x: &[f32], t: f32) -> usize {
+        let tv = _mm256_set1_ps(t);
+        let mut total = 0usize;
+        let chunks = x.chunks_exact(8);
+        let tail = chunks.remainder();
+        for ch in chunks {
+            // SAFETY: `ch` holds 8 f32.
+            let v = unsafe { _mm256_loadu_ps(ch.as_ptr()) };
+            let m = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, tv));
+            total += m.count_ones() as usize;
+        }
+        total + tail.iter().filter(|&&v| v >= t).count()
+    }
+
+    /// See [`super::gather_at_least`].
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn gather_at_least(x: &[f32], t: f32, out: &mut Vec<Cand>) {
+        let tv = _mm256_set1_ps(t);
+        let chunks = x.chunks_exact(8);
+        let tail_at = x.len() - chunks.remainder().len();
+        for (k, ch) in chunks.enumerate() {
+            // SAFETY: `ch` holds 8 f32.
+            let v = unsafe { _mm256_loadu_ps(ch.as_ptr()) };
+            let mut m = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, tv)) as u32;
+            while m != 0 {
+                let j = m.trailing_zeros() as usize;
+                out.push(Cand {
+                    v: ch[j],
+                    id: (k * 8 + j) as u32,
+                });
+                m &= m - 1;
+            }
+        }
+        for (j, &v) in x[tail_at..].iter().enumerate() {
+            if v >= t {
+                out.push(Cand {
+                    v,
+                    id: (tail_at + j) as u32,
+                });
+            }
+        }
+    }
+}
+
+/// The bit mask of the values `>= t` of a chunk (bit j for element j).
+#[inline(always)]
+fn mask_ge(ch: &[f32], t: f32) -> u32 {
+    let mut m = 0u32;
+    for (j, &v) in ch.iter().enumerate() {
+        m |= ((v >= t) as u32) << j;
+    }
+    m
+}
+
 /// Calls `f(id, value)` for every value `>= t`, in id order. A chunk without one costs one
 /// vector compare.
-#[inline]
+#[inline(always)]
 pub(crate) fn for_each_at_least(x: &[f32], t: f32, mut f: impl FnMut(usize, f32)) {
     let chunks = x.chunks_exact(LANES);
     let tail_at = x.len() - chunks.remainder().len();
     for (k, ch) in chunks.enumerate() {
-        let mut any = false;
-        for &v in ch {
-            any |= v >= t;
-        }
-        if any {
-            for (j, &v) in ch.iter().enumerate() {
-                if v >= t {
-                    f(k * LANES + j, v);
-                }
-            }
+        let mut m = mask_ge(ch, t);
+        while m != 0 {
+            let j = m.trailing_zeros() as usize;
+            f(k * LANES + j, ch[j]);
+            m &= m - 1;
         }
     }
     for (j, &v) in x[tail_at..].iter().enumerate() {
@@ -143,6 +207,18 @@ pub(crate) fn for_each_at_least(x: &[f32], t: f32, mut f: impl FnMut(usize, f32)
             f(tail_at + j, v);
         }
     }
+}
+
+/// Appends every value `>= t` of `x`, with its id, to `out`, in id order.
+pub(crate) fn gather_at_least(x: &[f32], t: f32, out: &mut Vec<super::select::Cand>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { avx2::gather_at_least(x, t, out) };
+    }
+    for_each_at_least(x, t, |i, v| {
+        out.push(super::select::Cand { v, id: i as u32 })
+    });
 }
 
 multiversion! {
@@ -298,7 +374,10 @@ mod tests {
         let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         assert_eq!(max(&x), m);
         assert_eq!(checked_max(&x), Scan::Max(m));
-        assert_eq!(count_at_least(&x, 0.5), x.iter().filter(|&&v| v >= 0.5).count());
+        assert_eq!(
+            count_at_least(&x, 0.5),
+            x.iter().filter(|&&v| v >= 0.5).count()
+        );
         assert_eq!(count_at_least(&x, ALL_FINITE), 1000 - 11);
         let mut seen = Vec::new();
         for_each_at_least(&x, 2.5, |i, v| seen.push((i, v)));
@@ -319,6 +398,12 @@ mod tests {
         bad[800] = f32::INFINITY;
         assert_eq!(checked_max(&bad), Scan::Bad { id: 700, nan: true });
         bad[700] = 0.0;
-        assert_eq!(checked_max(&bad), Scan::Bad { id: 800, nan: false });
+        assert_eq!(
+            checked_max(&bad),
+            Scan::Bad {
+                id: 800,
+                nan: false
+            }
+        );
     }
 }
