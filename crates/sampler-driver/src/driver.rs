@@ -275,7 +275,10 @@ impl Driver {
             let history = ctx.history().expect("the AR context has a history");
             let logits = model
                 .ar_step(&history.tokens()?, history.lens())
-                .map_err(|e| DriverError::Model(format!("AR step {steps}: {e}")))?;
+                .map_err(|source| DriverError::ModelFailed {
+                    call: format!("AR step {steps}"),
+                    source,
+                })?;
             check_logits(&logits, &[batch, plan.vocab], "AR step")?;
             let drawn = sampler.sample(&logits, &ctx)?;
             let is_stop = drawn.tokens.eq(plan.stop_token)?;
@@ -371,9 +374,12 @@ impl Driver {
             .nar
             .sampler(Mode::Nar, plan.stop_token, lens, &device)?;
         for level in 1..plan.levels {
-            let logits = model
-                .nar_level(&codes, &lens_t, level)
-                .map_err(|e| DriverError::Model(format!("NAR level {level}: {e}")))?;
+            let logits = model.nar_level(&codes, &lens_t, level).map_err(|source| {
+                DriverError::ModelFailed {
+                    call: format!("NAR level {level}"),
+                    source,
+                }
+            })?;
             check_logits(&logits, &[batch, t_max, plan.vocab], "NAR level")?;
             let logits = logits
                 .reshape((batch * t_max, plan.vocab))?

@@ -8,9 +8,18 @@ pub enum DriverError {
     /// The request or the configuration is not usable (checked once, before the first step).
     #[error("invalid input: {0}")]
     Invalid(String),
-    /// The model returned an error or logits of the wrong shape.
+    /// The model returned output of the wrong shape or with unusable values.
     #[error("model: {0}")]
     Model(String),
+    /// A model call failed; `source` is the model's own error.
+    #[error("model: {call} failed")]
+    ModelFailed {
+        /// Which call: the stage and its step or level.
+        call: String,
+        /// The model's error.
+        #[source]
+        source: candle_core::Error,
+    },
     /// The chain or the draw failed.
     #[error(transparent)]
     Sampler(#[from] SamplerError),
