@@ -17,6 +17,7 @@ use sampler_core::{History, Mode, SamplingContext};
 use crate::config::DriverConfig;
 use crate::error::{invalid, DriverError, Result};
 use crate::model::CodecLm;
+use crate::positions::{lens_tensor, valid_positions, Positions};
 
 /// The Philox step of NAR level l is `NAR_STEP_BASE + l`, far from every AR step.
 pub const NAR_STEP_BASE: u64 = 1 << 63;
@@ -109,12 +110,6 @@ impl Generation {
         let total: usize = self.lens.iter().sum::<usize>() * levels;
         total as f64 / (self.ar_time + self.nar_time).as_secs_f64().max(1e-9)
     }
-}
-
-/// `[batch, t]` u8: 1 where the position is below the row's length.
-fn valid_positions(lens: &Tensor, t: usize) -> Result<Tensor> {
-    let pos = Tensor::arange(0u32, t as u32, lens.device())?.unsqueeze(0)?;
-    Ok(pos.broadcast_lt(&lens.unsqueeze(1)?)?)
 }
 
 /// Runs AR + NAR generation for batches with one [`DriverConfig`].
@@ -242,6 +237,7 @@ impl Driver {
             stop_token,
             levels: model.levels(),
             max_lens,
+            stride: c.max_steps as u32,
         })
     }
 
@@ -344,30 +340,8 @@ impl Driver {
             return Ok(Tensor::zeros((batch, 0, plan.levels), DType::U32, &device)?);
         }
         let mut codes = level0.unsqueeze(2)?;
-        let lens_host: Vec<u32> = lens.iter().map(|&n| n as u32).collect();
-        let lens_t = Tensor::from_vec(lens_host, batch, &device)?;
-        // The chain runs on the positions below each row's length only (padding costs
-        // nothing): chain row r is position `pos_of[r]` of sequence `seq_of[r]`, in order.
-        let stride = self.config.max_steps as u32;
-        let (mut seq_of, mut pos_of, mut flat_of, mut row_ids) = (vec![], vec![], vec![], vec![]);
-        for (b, &len) in lens.iter().enumerate() {
-            for j in 0..len as u32 {
-                seq_of.push(b as u32);
-                pos_of.push(j);
-                flat_of.push((b * t_max) as u32 + j);
-                row_ids.push(rows.ids[b] * stride + j);
-            }
-        }
-        let n = seq_of.len();
-        // Where each (b, j) of the `[batch * T_max]` output reads from `[drawn; stop token]`.
-        let mut scatter_back = vec![n as u32; batch * t_max];
-        for (r, &f) in flat_of.iter().enumerate() {
-            scatter_back[f as usize] = r as u32;
-        }
-        let seq_of = Tensor::from_vec(seq_of, n, &device)?;
-        let pos_of = Tensor::from_vec(pos_of, n, &device)?;
-        let flat_of = Tensor::from_vec(flat_of, n, &device)?;
-        let scatter_back = Tensor::from_vec(scatter_back, batch * t_max, &device)?;
+        let lens_t = lens_tensor(lens, &device)?;
+        let at = Positions::new(&rows.ids, lens, t_max, plan.stride, &device)?;
         let stop = Tensor::new(&[plan.stop_token], &device)?;
         let mut sampler = self
             .config
@@ -381,25 +355,21 @@ impl Driver {
                 }
             })?;
             check_logits(&logits, &[batch, t_max, plan.vocab], "NAR level")?;
-            let logits = logits
-                .reshape((batch * t_max, plan.vocab))?
-                .index_select(&flat_of, 0)?;
+            let logits = at.gather(&logits)?;
             // Position j sees the previous level before j (SPEC §4): its history is the
             // previous level of its sequence with length j.
             let previous = codes
                 .i((.., .., level - 1))?
                 .contiguous()?
-                .index_select(&seq_of, 0)?;
+                .index_select(&at.seq_of, 0)?;
             let ctx = SamplingContext::new(seed)
                 .with_step(NAR_STEP_BASE + level as u64)
-                .with_row_ids(row_ids.clone())
-                .with_history(History::new(&previous, &pos_of)?)
+                .with_row_ids(at.row_ids.clone())
+                .with_history(History::new(&previous, &at.pos_of)?)
                 .with_validation(level == 1);
             sampler.reset();
             let drawn = sampler.sample(&logits, &ctx)?;
-            let next = Tensor::cat(&[&drawn.tokens, &stop], 0)?
-                .index_select(&scatter_back, 0)?
-                .reshape((batch, t_max))?;
+            let next = at.scatter(&drawn.tokens, &stop, batch)?;
             codes = Tensor::cat(&[&codes, &next.unsqueeze(2)?], 2)?;
             observer(Progress::NarLevel {
                 level,
@@ -416,6 +386,8 @@ struct Plan {
     stop_token: u32,
     levels: usize,
     max_lens: Vec<usize>,
+    /// The driver's `max_steps`: the row-id stride of the whole-sequence stages.
+    stride: u32,
 }
 
 fn check_logits(logits: &Tensor, want: &[usize], what: &str) -> Result<()> {

@@ -21,6 +21,7 @@ pub mod config;
 pub mod driver;
 pub mod error;
 pub mod model;
+mod positions;
 
 pub use config::{DriverConfig, Knob, StageConfig};
 pub use driver::{Driver, Generation, Progress, Rows, NAR_STEP_BASE};
