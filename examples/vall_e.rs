@@ -615,6 +615,7 @@ fn main() -> Result<()> {
                 nar_bar.set_draw_target(ProgressDrawTarget::stderr());
             }
             Progress::NarLevel { level, .. } => nar_bar.set_position(level as u64),
+            Progress::MaskedStep { .. } | Progress::MaskedDone { .. } => {}
         })?;
     nar_bar.finish();
 

@@ -20,6 +20,14 @@ pub enum DriverError {
         #[source]
         source: candle_core::Error,
     },
+    /// The configuration needs a [`crate::CodecLm`] hook that this model does not implement.
+    #[error(
+        "{hook} is not supported by this model (the masked level-0 stage needs CodecLm::{hook})"
+    )]
+    Unsupported {
+        /// The hook's name.
+        hook: &'static str,
+    },
     /// The chain or the draw failed.
     #[error(transparent)]
     Sampler(#[from] SamplerError),
