@@ -13,5 +13,6 @@ pub use sampler_core::{
     SamplerBuilder, SamplerConfig, SamplerError, SamplingContext,
 };
 pub use sampler_driver::{
-    CodecLm, Driver, DriverConfig, DriverError, Generation, Knob, Progress, Rows, StageConfig,
+    CodecLm, Conditioning, Driver, DriverConfig, DriverError, Generation, GuidanceSchedule, Knob,
+    Level0, MaskedConfig, Progress, Rows, StageConfig,
 };
