@@ -3,10 +3,14 @@
 //! A small model built with candle-nn: a phoneme embedding, an autoregressive decoder that
 //! predicts the first RVQ level one code at a time (1024 codes + a stop token), and a
 //! non-autoregressive decoder that predicts the other 7 levels, each for every position at
-//! once. The weights are seeded random numbers (so the "audio" is noise, but every shape,
-//! cost and sampling path is the real one), or come from a safetensors file (`--weights`).
+//! once. With `--level0 masked` the first level comes from the masked ("NAR-len") stage
+//! instead of the AR loop: a duration head on the NAR decoder gives each row's length, and a
+//! masked-level head fills level 0 by iterative demasking. The weights are seeded random
+//! numbers (so the "audio" is noise, but every shape, cost and sampling path is the real one),
+//! or come from a safetensors file (`--weights`).
 //!
 //!     cargo run --release --example vall_e
+//!     cargo run --release --example vall_e -- --level0 masked
 //!     cargo run --release --example vall_e -- --text "hello world" --text "a second prompt" --seed 7
 //!     cargo run --release --features cuda --example vall_e -- --device cuda --batch 64
 //!
@@ -18,7 +22,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use candle_sampler::driver::{Driver, DriverConfig, Knob, Progress, Rows, StageConfig};
+use candle_sampler::driver::{
+    Driver, DriverConfig, Knob, Level0, MaskedConfig, Progress, Rows, StageConfig,
+};
 use candle_sampler::SamplerConfig;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -42,6 +48,15 @@ enum DeviceArg {
     Cpu,
     Cuda,
     Metal,
+}
+
+/// How the first RVQ level is generated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Level0Arg {
+    /// The autoregressive loop, one code per step until the stop token.
+    Ar,
+    /// A duration per row, then iterative demasking of every position.
+    Masked,
 }
 
 #[derive(Parser, Debug)]
@@ -73,6 +88,12 @@ struct Args {
     /// The most audio a row may get, in seconds (75 codes per second).
     #[arg(long, default_value_t = 3.0)]
     max_seconds: f32,
+    /// The first level: the AR loop or the masked (NAR-len) stage.
+    #[arg(long, value_enum, default_value = "ar")]
+    level0: Level0Arg,
+    /// Demasking steps of the masked stage (over the whole schedule).
+    #[arg(long, default_value_t = 25)]
+    masked_steps: usize,
     /// AR temperature: one value, or one per row (comma separated).
     #[arg(long, default_value = "1.0", value_delimiter = ',')]
     temperature: Vec<f32>,
@@ -122,6 +143,7 @@ fn main() -> Result<()> {
         bail!("--max-seconds {} allows no code", args.max_seconds);
     }
 
+    let masked = args.level0 == Level0Arg::Masked;
     let start = Instant::now();
     let cfg = ModelConfig::tiny();
     let (model, varmap) = match &args.weights {
@@ -130,14 +152,15 @@ fn main() -> Result<()> {
             let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &device) }
                 .with_context(|| format!("opening weights {}", path.display()))?;
             (
-                VallE::new(cfg, vb)
+                VallE::new(cfg, vb, masked)
                     .with_context(|| format!("loading weights from {}", path.display()))?,
                 None,
             )
         }
         None => {
             let varmap = VarMap::new();
-            let model = VallE::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+            let model = VallE::new(cfg, vb, masked)?;
             seeded_weights(&varmap, args.weight_seed, args.stop_bias, &device)?;
             (model, Some(varmap))
         }
@@ -169,10 +192,15 @@ fn main() -> Result<()> {
     let ar =
         StageConfig::new(SamplerConfig::vall_e_ar()).per_sequence(Knob::Temperature, temperatures);
     let nar = StageConfig::new(SamplerConfig::vall_e_nar());
-    let config = DriverConfig::new(ar, nar)
+    let mut config = DriverConfig::new(ar, nar)
         .with_max_steps(max_steps)
         .with_stop_check_interval(args.stop_check_interval)
         .with_stop_token(Some(STOP));
+    if masked {
+        // The reference's masked-stage defaults: greedy, annealed, guidance 2.5 / 0.75.
+        let stage = MaskedConfig::default().with_max_steps(args.masked_steps);
+        config = config.with_level0(Level0::Masked(stage));
+    }
     let row_limits: Vec<usize> = prompts
         .iter()
         .map(|p| (p.len() * 12).clamp(1, max_steps))
@@ -180,11 +208,13 @@ fn main() -> Result<()> {
     let batch_rows = Rows::first(rows).with_max_steps(row_limits);
 
     let mut batch = model.batch(&prompts, max_steps)?;
-    let ar_bar = ProgressBar::new(max_steps as u64);
-    ar_bar.set_style(ProgressStyle::with_template(
-        "AR  {bar:40} {pos}/{len} steps {msg}",
-    )?);
-    // Shown once the AR stage is done.
+    let first_bar = ProgressBar::new(max_steps as u64);
+    first_bar.set_style(ProgressStyle::with_template(if masked {
+        "masked {bar:40} {pos}/{len} steps {msg}"
+    } else {
+        "AR  {bar:40} {pos}/{len} steps {msg}"
+    })?);
+    // Shown once the first level is done.
     let nar_bar =
         ProgressBar::with_draw_target(Some((LEVELS - 1) as u64), ProgressDrawTarget::hidden())
             .with_style(ProgressStyle::with_template(
@@ -193,32 +223,47 @@ fn main() -> Result<()> {
     let out =
         Driver::new(config).generate_with(&mut batch, &batch_rows, args.seed, |p| match p {
             Progress::ArStep { step, limit } => {
-                ar_bar.set_length(limit as u64);
-                ar_bar.set_position(step as u64 + 1);
+                first_bar.set_length(limit as u64);
+                first_bar.set_position(step as u64 + 1);
             }
             Progress::ArRunning { running, .. } => {
-                ar_bar.set_message(format!("({running} of {rows} rows running)"))
+                first_bar.set_message(format!("({running} of {rows} rows running)"))
             }
-            Progress::ArDone { steps, max_len } => {
-                ar_bar.finish_with_message(format!(
+            Progress::MaskedStep { step, steps } => {
+                first_bar.set_length(steps as u64);
+                first_bar.set_position(step as u64 + 1);
+            }
+            Progress::ArDone { steps, max_len } | Progress::MaskedDone { steps, max_len } => {
+                first_bar.finish_with_message(format!(
                     "done after {steps} steps, longest row {max_len} codes"
                 ));
                 nar_bar.set_draw_target(ProgressDrawTarget::stderr());
             }
             Progress::NarLevel { level, .. } => nar_bar.set_position(level as u64),
-            Progress::MaskedStep { .. } | Progress::MaskedDone { .. } => {}
         })?;
     nar_bar.finish();
 
     let codes = out.lens.iter().sum::<usize>();
     let audio_seconds = codes as f64 / CODES_PER_SECOND as f64;
-    let (ar_s, nar_s) = (out.ar_time.as_secs_f64(), out.nar_time.as_secs_f64());
+    let nar_s = out.nar_time.as_secs_f64();
     println!("rows: {rows}, codes per row: {:?}", out.lens);
-    println!(
-        "AR : {:>4} steps in {ar_s:.3} s, {:.0} codes/s (first level)",
-        out.ar_steps,
-        codes as f64 / ar_s
-    );
+    let first_s = if masked {
+        let s = out.masked_time.as_secs_f64();
+        println!(
+            "masked: {:>2} steps in {s:.3} s, {:.0} codes/s (first level, durations included)",
+            out.masked_steps,
+            codes as f64 / s
+        );
+        s
+    } else {
+        let s = out.ar_time.as_secs_f64();
+        println!(
+            "AR : {:>4} steps in {s:.3} s, {:.0} codes/s (first level)",
+            out.ar_steps,
+            codes as f64 / s
+        );
+        s
+    };
     println!(
         "NAR: {:>4} levels in {nar_s:.3} s, {:.0} codes/s",
         LEVELS - 1,
@@ -226,9 +271,9 @@ fn main() -> Result<()> {
     );
     println!(
         "all: {:.3} s for {:.1} s of audio ({:.1}x real time), {:.0} codes/s",
-        ar_s + nar_s,
+        first_s + nar_s,
         audio_seconds,
-        audio_seconds / (ar_s + nar_s),
+        audio_seconds / (first_s + nar_s),
         out.codes_per_second()
     );
     out.padded_i64(-1)?

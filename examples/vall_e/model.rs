@@ -1,12 +1,14 @@
 //! The example's VALL-E shaped model: a phoneme embedding, an autoregressive decoder with a KV
 //! cache for the first RVQ level, and a non-autoregressive decoder for the other levels, with
-//! seeded random weights or weights from a safetensors file.
+//! seeded random weights or weights from a safetensors file. Optionally the NAR decoder also
+//! carries the masked level-0 ("NAR-len") heads: a duration head and a head that predicts
+//! level 0 from partly masked codes.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder, VarMap};
-use candle_sampler::driver::CodecLm;
+use candle_sampler::driver::{CodecLm, Conditioning, DriverError};
 
 /// EnCodec at 24 kHz: 1024 codes per level, 8 levels.
 pub const CODES: usize = 1024;
@@ -172,10 +174,37 @@ pub struct VallE {
     nar: Decoder,
     /// One head per predicted level (1..LEVELS).
     nar_heads: Vec<Linear>,
+    /// The masked level-0 heads, when built.
+    masked: Option<MaskedHeads>,
+}
+
+/// The masked level-0 heads on the NAR decoder.
+struct MaskedHeads {
+    /// A query token after the phonemes whose output the duration head reads.
+    duration_query: Embedding,
+    duration_head: Linear,
+    /// Level-0 codes; the mask token is the stop token's entry.
+    codes: Embedding,
+    /// The demasking timestep t as (sin, cos) of t * pi / 2.
+    time: Linear,
+    head: Linear,
+}
+
+impl MaskedHeads {
+    fn new(d: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            duration_query: embedding(1, d, vb.pp("duration_query"))?,
+            duration_head: linear(d, 1, vb.pp("duration_head"))?,
+            codes: embedding(VOCAB, d, vb.pp("codes"))?,
+            time: linear(2, d, vb.pp("time"))?,
+            head: linear(d, VOCAB, vb.pp("head"))?,
+        })
+    }
 }
 
 impl VallE {
-    pub fn new(cfg: ModelConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+    /// The model; `masked` adds the masked level-0 heads (weights under `masked.`).
+    pub fn new(cfg: ModelConfig, vb: VarBuilder, masked: bool) -> candle_core::Result<Self> {
         let (d, ar, nar) = (cfg.dim, vb.pp("ar"), vb.pp("nar"));
         Ok(Self {
             cfg,
@@ -196,6 +225,9 @@ impl VallE {
             nar_heads: (1..LEVELS)
                 .map(|l| linear(d, VOCAB, nar.pp(format!("heads.{l}"))))
                 .collect::<candle_core::Result<_>>()?,
+            masked: masked
+                .then(|| MaskedHeads::new(d, vb.pp("masked")))
+                .transpose()?,
         })
     }
 
@@ -261,6 +293,52 @@ pub struct BatchedVallE<'m> {
 impl BatchedVallE<'_> {
     fn width(&self) -> usize {
         self.prefix_mask.dim(1).unwrap_or(1) - 1
+    }
+
+    /// The NAR decoder over the phonemes and `audio` (`[B, T, d]` embeddings of code
+    /// positions), bidirectional over the real phonemes (none with `text` false: the null
+    /// conditioning) and the positions below each row's length. Returns `[B, T, d]`.
+    fn nar_hidden(&self, audio: &Tensor, lens: &Tensor, text: bool) -> candle_core::Result<Tensor> {
+        let m = self.model;
+        let dev = &m.device;
+        let (b, t, _) = audio.dims3()?;
+        let width = self.width();
+        let audio_pos: Vec<u32> = self
+            .text_lens
+            .iter()
+            .flat_map(|&p| (0..t as u32).map(move |j| p + 1 + j))
+            .collect();
+        let positions = Tensor::cat(
+            &[
+                &self.prefix_positions.narrow(1, 0, width)?,
+                &Tensor::from_vec(audio_pos, (b, t), dev)?,
+            ],
+            1,
+        )?;
+        let x = Tensor::cat(&[&m.nar_phonemes.forward(&self.phonemes)?, audio], 1)?;
+        let x = (x + m.nar_positions.forward(&positions)?)?;
+        let past_end = Tensor::arange(0u32, t as u32, dev)?
+            .unsqueeze(0)?
+            .broadcast_ge(&lens.unsqueeze(1)?)?;
+        let audio_mask = past_end.where_cond(
+            &Tensor::full(MASKED, (b, t), dev)?,
+            &Tensor::zeros((b, t), DType::F32, dev)?,
+        )?;
+        let text_mask = if text {
+            self.prefix_mask.narrow(1, 0, width)?
+        } else {
+            Tensor::full(MASKED, (b, width), dev)?
+        };
+        let mask = Tensor::cat(&[&text_mask, &audio_mask], 1)?;
+        let h = m.nar.forward(&x, &mask.unsqueeze(1)?.unsqueeze(1)?, None)?;
+        h.narrow(1, width, t)
+    }
+
+    fn masked_heads(&self, hook: &'static str) -> Result<&MaskedHeads, DriverError> {
+        self.model
+            .masked
+            .as_ref()
+            .ok_or(DriverError::Unsupported { hook })
     }
 }
 
@@ -334,38 +412,58 @@ impl CodecLm for BatchedVallE<'_> {
             candle_core::bail!("NAR level {level} with {have} input levels");
         }
         let dev = &m.device;
-        let width = self.width();
         let mut audio = m
             .nar_target
             .forward(&Tensor::full(level as u32, (b, t), dev)?)?;
         for (l, emb) in m.nar_codes.iter().enumerate().take(level) {
             audio = (audio + emb.forward(&codes.i((.., .., l))?.contiguous()?)?)?;
         }
-        let audio_pos: Vec<u32> = self
-            .text_lens
-            .iter()
-            .flat_map(|&p| (0..t as u32).map(move |j| p + 1 + j))
-            .collect();
-        let positions = Tensor::cat(
-            &[
-                &self.prefix_positions.narrow(1, 0, width)?,
-                &Tensor::from_vec(audio_pos, (b, t), dev)?,
-            ],
-            1,
-        )?;
-        let x = Tensor::cat(&[m.nar_phonemes.forward(&self.phonemes)?, audio], 1)?;
-        let x = (x + m.nar_positions.forward(&positions)?)?;
-        // Bidirectional: every real phoneme and every code position below the row's length.
-        let past_end = Tensor::arange(0u32, t as u32, dev)?
-            .unsqueeze(0)?
-            .broadcast_ge(&lens.unsqueeze(1)?)?;
-        let audio_mask = past_end.where_cond(
-            &Tensor::full(MASKED, (b, t), dev)?,
-            &Tensor::zeros((b, t), DType::F32, dev)?,
-        )?;
-        let mask = Tensor::cat(&[&self.prefix_mask.narrow(1, 0, width)?, &audio_mask], 1)?;
-        let h = m.nar.forward(&x, &mask.unsqueeze(1)?.unsqueeze(1)?, None)?;
-        m.nar_heads[level - 1].forward(&h.narrow(1, width, t)?)
+        m.nar_heads[level - 1].forward(&self.nar_hidden(&audio, lens, true)?)
+    }
+
+    /// About 12 codes per phoneme, scaled by up to e^(+-0.25) by the duration head.
+    fn durations(&mut self) -> candle_sampler::driver::Result<Tensor> {
+        let m = self.model;
+        let heads = self.masked_heads("durations")?;
+        let dev = &m.device;
+        let b = self.phonemes.dim(0)?;
+        let width = self.width();
+        let query = heads
+            .duration_query
+            .forward(&Tensor::zeros((b, 1), DType::U32, dev)?)?;
+        let x = Tensor::cat(&[m.nar_phonemes.forward(&self.phonemes)?, query], 1)?;
+        let x = (x + m.nar_positions.forward(&self.prefix_positions)?)?;
+        let mask = self.prefix_mask.reshape((b, 1, 1, width + 1))?;
+        let h = m.nar.forward(&x, &mask, None)?.i((.., width))?;
+        let scale = (heads.duration_head.forward(&h)?.squeeze(1)?.tanh()? * 0.25)?.exp()?;
+        let text = Tensor::from_vec(self.text_lens.clone(), b, dev)?.to_dtype(DType::F32)?;
+        Ok(((text * 12.0)? * scale)?)
+    }
+
+    fn masked_level(
+        &mut self,
+        codes: &Tensor,
+        _mask: &Tensor,
+        lens: &Tensor,
+        timestep: f32,
+        conditioning: Conditioning,
+    ) -> candle_sampler::driver::Result<Tensor> {
+        let m = self.model;
+        let heads = self.masked_heads("masked_level")?;
+        let dev = &m.device;
+        let (b, t) = codes.dims2()?;
+        let angle = timestep * std::f32::consts::FRAC_PI_2;
+        let time = heads
+            .time
+            .forward(&Tensor::new(&[[[angle.sin(), angle.cos()]]], dev)?)?;
+        // Level 0 is the NAR's target 0 (its own levels are 1..); masked positions hold the
+        // stop token, whose embedding is the mask embedding.
+        let audio = (heads.codes.forward(codes)?
+            + m.nar_target
+                .forward(&Tensor::zeros((b, t), DType::U32, dev)?)?)?
+        .broadcast_add(&time)?;
+        let text = conditioning == Conditioning::Conditional;
+        Ok(heads.head.forward(&self.nar_hidden(&audio, lens, text)?)?)
     }
 }
 
