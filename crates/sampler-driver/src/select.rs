@@ -6,19 +6,18 @@
 //! score that occurs in the row, so it ends on exact data values rather than an approximation.
 //!
 //! Probe count: while a row's bounds are positive and more than a factor 2 apart, the probe is
-//! their geometric mean, which halves `log2(hi / lo)` (at most 254 for positive f32, so 8
-//! probes); after that the arithmetic midpoint halves `hi - lo`, and 25 probes bring it below
-//! one ulp of `lo`, where only `lo` and `hi` are left. A lower bound of 0 (scores of noised
-//! start positions) is left by the first probe that does not have enough scores at or below
-//! it, or pins v to 0, within `log2` of the smallest positive score's inverse probes: scores
-//! are the probability of a most likely token, at least `1 / vocab`.
+//! their geometric mean, which at least halves `log2(hi / lo)` (under 277 for positive f32:
+//! 9 probes); after that the arithmetic midpoint halves `hi - lo`, and 25 probes bring it
+//! below one ulp of `lo`, where only `lo` and `hi` are left. A lower bound of 0 (the start
+//! scores of noised positions) costs up to `log2(1 / s)` more midpoint probes, s the smallest
+//! positive score; scores are probabilities of a most likely token, so s >= 1 / vocab.
 
 use candle_core::{DType, Tensor};
 
 use crate::error::Result;
 
-/// Probes of the value bisection (see the module docs for the bound); the 15 beyond the
-/// positive-range bound cover a 0 next to scores down to `2^-15`.
+/// Probes of the value bisection (see the module docs): 34 for positive scores, and 14 more
+/// for a 0 next to scores down to `2^-14`.
 const VALUE_PROBES: usize = 48;
 
 /// `[rows, 1]` f32: the set entries of each row of a u8 mask.
