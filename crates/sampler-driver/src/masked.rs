@@ -9,11 +9,11 @@
 //! codes. A position's new score is the probability of its most likely code under the same
 //! chain at temperature 0; with masked-only scoring the unmasked positions score 1 instead.
 //!
-//! Everything inside the loop runs on the device: the selection ([`crate::select`]), the mask
-//! scatter and the score update are tensor ops, and the per-step counts are uploaded once
-//! before the loop (they only depend on the lengths, read once from the duration hook). Like
-//! the AR stage, the first step validates the logits (a few scalars read back); later steps
-//! do not.
+//! Everything inside the loop runs on the device: the lowest-k selection (a value bisection),
+//! the mask scatter and the score update are tensor ops, and the per-step counts are uploaded
+//! once before the loop (they only depend on the lengths, read once from the duration hook).
+//! Like the AR stage, the first step validates the logits (a few scalars read back); later
+//! steps do not.
 //!
 //! Random numbers: position j of sequence `id` draws with row id `id * max_steps + j` (the
 //! driver's `max_steps`, as in the NAR levels) and step [`MASKED_STEP_BASE`] + 1 + s; the start
