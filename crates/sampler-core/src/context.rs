@@ -307,30 +307,37 @@ impl SamplingContext {
         self
     }
 
+    /// The unconditional logits of this step, if set.
     pub fn null_logits(&self) -> Option<&Tensor> {
         self.null_logits.as_ref()
     }
 
+    /// The attention scores of this step, if set.
     pub fn attentions(&self) -> Option<&Tensor> {
         self.attentions.as_ref()
     }
 
+    /// The Philox key.
     pub fn seed(&self) -> u64 {
         self.seed
     }
 
+    /// The step counter (part of the Philox counter).
     pub fn step(&self) -> u64 {
         self.step
     }
 
+    /// Whether the checks that read the device from the host run.
     pub fn validate(&self) -> bool {
         self.validate
     }
 
+    /// The histories, if any.
     pub fn history(&self) -> Option<&History> {
         self.history.as_ref()
     }
 
+    /// The histories, mutable.
     pub fn history_mut(&mut self) -> Option<&mut History> {
         self.history.as_mut()
     }

@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 use sampler_kernels::spec::{row, StageOp};
 
 use crate::context::SamplingContext;
-use crate::error::{Result, SamplerError};
+use crate::error::Result;
 use crate::param::RowParam;
 use crate::philox;
 use crate::processor::Selector;

@@ -1,8 +1,11 @@
-//! The generation loop: the AR stage for a batch of rows with histories, lengths and stop flags
-//! on the device, then one batched chain call per NAR level.
+//! The generation loop: the first level by the AR stage (a batch of rows with histories,
+//! lengths and stop flags on the device) or by the masked stage ([`crate::masked`]), then one
+//! batched chain call per NAR level.
 //!
 //! Random numbers: every draw is keyed by (seed, row id, step) (sampler-core's Philox), with
 //! - AR step s of sequence `id`: row id = `id`, step = s;
+//! - masked demasking step s, position j of sequence `id`: row id = `id * max_steps + j`,
+//!   step = [`MASKED_STEP_BASE`] + 1 + s (its start noise: step [`MASKED_STEP_BASE`]);
 //! - NAR level l, position j of sequence `id`: row id = `id * max_steps + j`,
 //!   step = [`NAR_STEP_BASE`] + l.
 //!
@@ -14,11 +17,15 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use sampler_core::{History, Mode, SamplingContext, StopState};
 
-use crate::config::DriverConfig;
+use crate::config::{DriverConfig, Level0};
 use crate::error::{invalid, DriverError, Result};
+use crate::masked;
 use crate::model::CodecLm;
+use crate::positions::{lens_tensor, valid_positions, Positions};
 
-/// The Philox step of NAR level l is `NAR_STEP_BASE + l`, far from every AR step.
+pub use crate::masked::MASKED_STEP_BASE;
+
+/// The Philox step of NAR level l is `NAR_STEP_BASE + l`, far from every AR and masked step.
 pub const NAR_STEP_BASE: u64 = 1 << 63;
 
 /// The sequences of one batch.
@@ -29,6 +36,10 @@ pub struct Rows {
     /// Each sequence's own limit on codes (at most `DriverConfig::max_steps`); `None` = that
     /// limit for every row.
     pub max_steps: Option<Vec<usize>>,
+    /// The masked stage only: first-level codes to start from, one list per sequence; their
+    /// lengths are the sequences' durations (the duration hook is not called). Needed when
+    /// `denoise_start > 0`.
+    pub start_codes: Option<Vec<Vec<u32>>>,
 }
 
 impl Rows {
@@ -37,6 +48,7 @@ impl Rows {
         Self {
             ids,
             max_steps: None,
+            start_codes: None,
         }
     }
 
@@ -45,15 +57,24 @@ impl Rows {
         Self::new((0..n as u32).collect())
     }
 
+    /// Gives each sequence its own limit on codes.
     pub fn with_max_steps(mut self, per_row: Vec<usize>) -> Self {
         self.max_steps = Some(per_row);
         self
     }
 
+    /// Gives the masked stage first-level codes to start from ([`Rows::start_codes`]).
+    pub fn with_start_codes(mut self, codes: Vec<Vec<u32>>) -> Self {
+        self.start_codes = Some(codes);
+        self
+    }
+
+    /// Number of sequences.
     pub fn len(&self) -> usize {
         self.ids.len()
     }
 
+    /// Whether there is no sequence.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
@@ -63,12 +84,22 @@ impl Rows {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Progress {
     /// AR step `step` (0-based) was issued; at most `limit` steps will run.
+    #[allow(missing_docs)]
     ArStep { step: usize, limit: usize },
     /// The host read the stop flags after `steps` steps: `running` rows have not stopped.
+    #[allow(missing_docs)]
     ArRunning { steps: usize, running: usize },
     /// The AR stage is over after `steps` steps; the longest row has `max_len` codes.
+    #[allow(missing_docs)]
     ArDone { steps: usize, max_len: usize },
+    /// Masked demasking step `step` (0-based) of `steps` was issued.
+    #[allow(missing_docs)]
+    MaskedStep { step: usize, steps: usize },
+    /// The masked stage is over after `steps` steps; the longest row has `max_len` codes.
+    #[allow(missing_docs)]
+    MaskedDone { steps: usize, max_len: usize },
     /// NAR level `level` (1-based up to `levels - 1`) is done.
+    #[allow(missing_docs)]
     NarLevel { level: usize, levels: usize },
 }
 
@@ -82,15 +113,20 @@ pub struct Generation {
     pub lens: Vec<usize>,
     /// The stop token used.
     pub stop_token: u32,
-    /// AR steps run (a multiple of the stop check interval, or the step limit).
+    /// AR steps run (a multiple of the stop check interval, or the step limit); 0 when the
+    /// masked stage made the first level.
     pub ar_steps: usize,
-    /// Wall time of the AR stage and of all NAR levels (the device is synchronised at the end
-    /// of each stage).
+    /// Demasking steps run; 0 when the AR stage made the first level.
+    pub masked_steps: usize,
+    /// Wall time of the AR stage (zero with the masked stage); the device is synchronised at
+    /// the end of each stage.
     pub ar_time: Duration,
     /// The part of `ar_time` spent in the sampler's steps (on a GPU: issuing them, as the
     /// device runs them asynchronously).
     pub ar_sampling_time: Duration,
-    /// Wall time of the NAR levels.
+    /// Wall time of the masked stage, the duration call included (zero with the AR stage).
+    pub masked_time: Duration,
+    /// Wall time of all NAR levels.
     pub nar_time: Duration,
 }
 
@@ -111,14 +147,9 @@ impl Generation {
     pub fn codes_per_second(&self) -> f64 {
         let levels = self.codes.dim(2).unwrap_or(0);
         let total: usize = self.lens.iter().sum::<usize>() * levels;
-        total as f64 / (self.ar_time + self.nar_time).as_secs_f64().max(1e-9)
+        let time = self.ar_time + self.masked_time + self.nar_time;
+        total as f64 / time.as_secs_f64().max(1e-9)
     }
-}
-
-/// `[batch, t]` u8: 1 where the position is below the row's length.
-fn valid_positions(lens: &Tensor, t: usize) -> Result<Tensor> {
-    let pos = Tensor::arange(0u32, t as u32, lens.device())?.unsqueeze(0)?;
-    Ok(pos.broadcast_lt(&lens.unsqueeze(1)?)?)
 }
 
 /// Runs AR + NAR generation for batches with one [`DriverConfig`].
@@ -128,10 +159,12 @@ pub struct Driver {
 }
 
 impl Driver {
+    /// A driver with this configuration.
     pub fn new(config: DriverConfig) -> Self {
         Self { config }
     }
 
+    /// The configuration.
     pub fn config(&self) -> &DriverConfig {
         &self.config
     }
@@ -158,9 +191,22 @@ impl Driver {
         let device = model.device().clone();
 
         let start = Instant::now();
-        let (level0, lens, ar_steps, ar_sampling_time) =
-            self.run_ar(model, rows, &plan, seed, &device, &mut observer)?;
-        let ar_time = start.elapsed();
+        let (level0, lens, ar_steps, masked_steps, ar_sampling_time) = match &self.config.level0 {
+            Level0::Ar => {
+                let (codes, lens, steps, sampling) =
+                    self.run_ar(model, rows, &plan, seed, &device, &mut observer)?;
+                (codes, lens, steps, 0, sampling)
+            }
+            Level0::Masked(cfg) => {
+                let out = masked::run(model, rows, cfg, &plan, seed, &device, &mut observer)?;
+                device.synchronize()?;
+                (out.codes, out.lens, 0, out.steps, Duration::ZERO)
+            }
+        };
+        let (ar_time, masked_time) = match self.config.level0 {
+            Level0::Ar => (start.elapsed(), Duration::ZERO),
+            Level0::Masked(_) => (Duration::ZERO, start.elapsed()),
+        };
 
         let start = Instant::now();
         let codes = self.run_nar(model, rows, &plan, seed, level0, &lens, &mut observer)?;
@@ -172,8 +218,10 @@ impl Driver {
             lens,
             stop_token: plan.stop_token,
             ar_steps,
+            masked_steps,
             ar_time,
             ar_sampling_time,
+            masked_time,
             nar_time,
         })
     }
@@ -242,11 +290,24 @@ impl Driver {
         };
         c.ar.validate("AR", batch)?;
         c.nar.validate("NAR", batch)?;
+        match &c.level0 {
+            Level0::Ar if rows.start_codes.is_some() => {
+                return Err(invalid(
+                    "start codes are for the masked level-0 stage; the AR stage takes none",
+                ))
+            }
+            Level0::Ar => {}
+            Level0::Masked(m) => {
+                m.validate(batch)?;
+                masked::check_start(m, rows, &max_lens, vocab, stop_token)?;
+            }
+        }
         Ok(Plan {
             vocab,
             stop_token,
             levels: model.levels(),
             max_lens,
+            stride: c.max_steps as u32,
         })
     }
 
@@ -352,30 +413,8 @@ impl Driver {
             return Ok(Tensor::zeros((batch, 0, plan.levels), DType::U32, &device)?);
         }
         let mut codes = level0.unsqueeze(2)?;
-        let lens_host: Vec<u32> = lens.iter().map(|&n| n as u32).collect();
-        let lens_t = Tensor::from_vec(lens_host, batch, &device)?;
-        // The chain runs on the positions below each row's length only (padding costs
-        // nothing): chain row r is position `pos_of[r]` of sequence `seq_of[r]`, in order.
-        let stride = self.config.max_steps as u32;
-        let (mut seq_of, mut pos_of, mut flat_of, mut row_ids) = (vec![], vec![], vec![], vec![]);
-        for (b, &len) in lens.iter().enumerate() {
-            for j in 0..len as u32 {
-                seq_of.push(b as u32);
-                pos_of.push(j);
-                flat_of.push((b * t_max) as u32 + j);
-                row_ids.push(rows.ids[b] * stride + j);
-            }
-        }
-        let n = seq_of.len();
-        // Where each (b, j) of the `[batch * T_max]` output reads from `[drawn; stop token]`.
-        let mut scatter_back = vec![n as u32; batch * t_max];
-        for (r, &f) in flat_of.iter().enumerate() {
-            scatter_back[f as usize] = r as u32;
-        }
-        let seq_of = Tensor::from_vec(seq_of, n, &device)?;
-        let pos_of = Tensor::from_vec(pos_of, n, &device)?;
-        let flat_of = Tensor::from_vec(flat_of, n, &device)?;
-        let scatter_back = Tensor::from_vec(scatter_back, batch * t_max, &device)?;
+        let lens_t = lens_tensor(lens, &device)?;
+        let at = Positions::new(&rows.ids, lens, t_max, plan.stride, &device)?;
         let stop = Tensor::new(&[plan.stop_token], &device)?;
         let mut sampler = self
             .config
@@ -386,23 +425,19 @@ impl Driver {
                 .nar_level(&codes, &lens_t, level)
                 .map_err(|e| DriverError::model(format!("NAR level {level}"), e))?;
             check_logits(&logits, &[batch, t_max, plan.vocab], "NAR level")?;
-            let logits = logits
-                .reshape((batch * t_max, plan.vocab))?
-                .index_select(&flat_of, 0)?;
+            let logits = at.gather(&logits)?;
             // Position j sees the previous level before j (SPEC §4): its history is the
             // previous level of its sequence with length j.
             // Every position of a sequence reads the sequence's previous level: shared rows.
             let previous = codes.i((.., .., level - 1))?.contiguous()?;
             let ctx = SamplingContext::new(seed)
                 .with_step(NAR_STEP_BASE + level as u64)
-                .with_row_ids(row_ids.clone())
-                .with_history(History::with_row_map(&previous, &pos_of, &seq_of)?)
+                .with_row_ids(at.row_ids.clone())
+                .with_history(History::with_row_map(&previous, &at.pos_of, &at.seq_of)?)
                 .with_validation(level == 1);
             sampler.reset();
             let drawn = sampler.sample(&logits, &ctx)?;
-            let next = Tensor::cat(&[&drawn.tokens, &stop], 0)?
-                .index_select(&scatter_back, 0)?
-                .reshape((batch, t_max))?;
+            let next = at.scatter(&drawn.tokens, &stop, batch)?;
             codes = Tensor::cat(&[&codes, &next.unsqueeze(2)?], 2)?;
             observer(Progress::NarLevel {
                 level,
@@ -414,16 +449,19 @@ impl Driver {
 }
 
 /// What [`Driver::check`] derived from the request.
-struct Plan {
-    vocab: usize,
-    stop_token: u32,
-    levels: usize,
-    max_lens: Vec<usize>,
+pub(crate) struct Plan {
+    pub(crate) vocab: usize,
+    pub(crate) stop_token: u32,
+    pub(crate) levels: usize,
+    /// Each sequence's own limit on codes.
+    pub(crate) max_lens: Vec<usize>,
+    /// The driver's `max_steps`: the row-id stride of the whole-sequence stages.
+    pub(crate) stride: u32,
 }
 
-fn check_logits(logits: &Tensor, want: &[usize], what: &str) -> Result<()> {
+pub(crate) fn check_logits(logits: &Tensor, want: &[usize], what: &str) -> Result<()> {
     if logits.dims() != want {
-        return Err(DriverError::ModelOutput(format!(
+        return Err(DriverError::Model(format!(
             "{what} returned logits of shape {:?}, expected {want:?}",
             logits.dims()
         )));

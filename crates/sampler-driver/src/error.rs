@@ -8,18 +8,26 @@ pub enum DriverError {
     /// The request or the configuration is not usable (checked once, before the first step).
     #[error("invalid input: {0}")]
     Invalid(String),
-    /// The model returned an error (kept as the source).
-    #[error("model failed at {context}: {source}")]
-    Model {
-        /// Where in the loop ("AR step 3", "NAR level 2").
-        context: String,
-        /// The model's own error.
+    /// The model returned output of the wrong shape or with unusable values.
+    #[error("model: {0}")]
+    Model(String),
+    /// A model call failed; `source` is the model's own error.
+    #[error("model: {call} failed")]
+    ModelFailed {
+        /// Which call: the stage and its step or level.
+        call: String,
+        /// The model's error.
         #[source]
         source: candle_core::Error,
     },
-    /// The model returned logits of the wrong shape.
-    #[error("model: {0}")]
-    ModelOutput(String),
+    /// The configuration needs a [`crate::CodecLm`] hook that this model does not implement.
+    #[error(
+        "{hook} is not supported by this model (the masked level-0 stage needs CodecLm::{hook})"
+    )]
+    Unsupported {
+        /// The hook's name.
+        hook: &'static str,
+    },
     /// The chain or the draw failed.
     #[error(transparent)]
     Sampler(#[from] SamplerError),
@@ -32,9 +40,9 @@ pub enum DriverError {
 pub type Result<T> = std::result::Result<T, DriverError>;
 
 impl DriverError {
-    pub(crate) fn model(context: impl Into<String>, source: candle_core::Error) -> Self {
-        DriverError::Model {
-            context: context.into(),
+    pub(crate) fn model(call: impl Into<String>, source: candle_core::Error) -> Self {
+        DriverError::ModelFailed {
+            call: call.into(),
             source,
         }
     }

@@ -6,7 +6,9 @@
 //! stopped" flag only every [`DriverConfig::stop_check_interval`] steps. A row that stops stays
 //! in the batch with its codes and length fixed. Each NAR level is one chain call over every
 //! position of every row (stop token banned, repetition penalty against the previous level,
-//! SPEC §4).
+//! SPEC §4). Instead of the AR loop, the first level may come from the masked ("NAR-len")
+//! stage ([`Level0::Masked`]): a duration per sequence, then iterative demasking of every
+//! position ([`masked`], docs/driver-masked.md).
 //!
 //! ```no_run
 //! use sampler_driver::{CodecLm, Driver, DriverConfig, Rows};
@@ -17,13 +19,19 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod masked;
 pub mod model;
+mod positions;
+mod select;
 
-pub use config::{DriverConfig, StageConfig};
+pub use config::{DriverConfig, GuidanceSchedule, Level0, MaskedConfig, StageConfig};
 pub use driver::{Driver, Generation, Progress, Rows, NAR_STEP_BASE};
 pub use error::{DriverError, Result};
-pub use model::CodecLm;
+pub use masked::MASKED_STEP_BASE;
+pub use model::{CodecLm, Conditioning};
 pub use sampler_core::Knob;

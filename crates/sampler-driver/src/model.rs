@@ -3,6 +3,17 @@
 
 use candle_core::{Device, Tensor};
 
+use crate::error::{DriverError, Result};
+
+/// Which prompt a masked-level call is conditioned on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conditioning {
+    /// The batch's own conditioning (phonemes, acoustic prompt, ...).
+    Conditional,
+    /// The null conditioning of classifier-free guidance (e.g. an empty text and prompt).
+    Null,
+}
+
 /// A codec LM seen by the driver. Conditioning (phonemes, acoustic prompts, speaker) is the
 /// model's business: set it on the model for the batch before calling the driver, which only
 /// passes codes. Every tensor the driver passes lives on [`CodecLm::device`].
@@ -36,4 +47,38 @@ pub trait CodecLm {
         lens: &Tensor,
         level: usize,
     ) -> candle_core::Result<Tensor>;
+
+    /// The duration of every sequence in codes, `[batch]` (any integer or float dtype; floats
+    /// are rounded to the nearest integer). Needed by the masked level-0 stage only; the
+    /// driver clamps the values to the stage's duration bounds and reads them once.
+    ///
+    /// A candle error returned with `?` reaches the caller as [`DriverError::ModelFailed`].
+    /// The default returns [`DriverError::Unsupported`].
+    fn durations(&mut self) -> Result<Tensor> {
+        Err(DriverError::Unsupported { hook: "durations" })
+    }
+
+    /// One demasking step of the first level. `codes` is `[batch, T]` u32: the current codes,
+    /// with the mask token at every masked position and the stop token at or past `lens[b]`
+    /// (padding); `mask` is `[batch, T]` u8, 1 at the masked positions; `lens` is `[batch]`
+    /// u32; `timestep` is the schedule's t in [0, 1] (noise share `cos(t * pi / 2)`);
+    /// `conditioning` says whether to use the batch's prompt or the null prompt (classifier-free
+    /// guidance calls both at every step). Returns logits `[batch, T, vocab]` for every
+    /// position; the driver only reads those below each length.
+    ///
+    /// A candle error returned with `?` reaches the caller as [`DriverError::ModelFailed`].
+    /// The default returns [`DriverError::Unsupported`].
+    fn masked_level(
+        &mut self,
+        codes: &Tensor,
+        mask: &Tensor,
+        lens: &Tensor,
+        timestep: f32,
+        conditioning: Conditioning,
+    ) -> Result<Tensor> {
+        let _ = (codes, mask, lens, timestep, conditioning);
+        Err(DriverError::Unsupported {
+            hook: "masked_level",
+        })
+    }
 }

@@ -58,7 +58,7 @@ use crate::processor::LogitsProcessor;
 use crate::sort_ops::sorted_head;
 use crate::stage::{Sink, Slot, Stage};
 use crate::tensor_ops::{
-    argmax_lowest, count, count_as, decision_dtype, finite, full_like, keep_only, kth_largest,
+    argmax_lowest, count, decision_dtype, finite, full_like, keep_only, kth_largest,
     log_softmax, masked_sum, softmax, top_p_keep,
 };
 
@@ -94,14 +94,20 @@ fn validate_config(c: &EntropixConfig) -> Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum EntropixState {
+    /// Low entropy and varentropy: the argmax.
     Argmax = 0,
+    /// High entropy, low varentropy: clarify, or sample warmer.
     Clarify = 1,
+    /// Low entropy, high varentropy: explore with a wider top-k.
     Explore = 2,
+    /// High entropy and varentropy: resample hot.
     Resample = 3,
+    /// The rest: adaptive sampling with best-of-n.
     Adaptive = 4,
 }
 
 impl EntropixState {
+    /// The state of a code of the metrics' `state` tensor.
     pub fn from_u8(v: u8) -> Option<Self> {
         [
             Self::Argmax,
@@ -122,9 +128,13 @@ pub struct EntropixMetrics {
     pub entropy: Tensor,
     /// f32 bits².
     pub varentropy: Tensor,
+    /// f32 mean attention entropy (bits).
     pub attn_entropy: Tensor,
+    /// f32 variance over heads of the attention entropy.
     pub attn_varentropy: Tensor,
+    /// f32 mean deviation of the heads' attention from their mean.
     pub agreement: Tensor,
+    /// f32 mean absolute attention score.
     pub interaction_strength: Tensor,
     /// u8 [`EntropixState`] codes.
     pub state: Tensor,

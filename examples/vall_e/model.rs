@@ -1,128 +1,42 @@
-//! VALL-E shaped text-to-codes generation with the sampler driver.
-//!
-//! A small model built with candle-nn: a phoneme embedding, an autoregressive decoder that
-//! predicts the first RVQ level one code at a time (1024 codes + a stop token), and a
-//! non-autoregressive decoder that predicts the other 7 levels, each for every position at
-//! once. The weights are seeded random numbers (so the "audio" is noise, but every shape,
-//! cost and sampling path is the real one), or come from a safetensors file (`--weights`).
-//!
-//!     cargo run --release --example vall_e
-//!     cargo run --release --example vall_e -- --text "hello world" --text "a second prompt" --seed 7
-//!     cargo run --release --features cuda --example vall_e -- --device cuda --batch 64
-//!
-//! Writes the codes to `vall_e_codes.npy`: int64 `[batch, T_max, 8]`, -1 past each row's end.
+//! The example's VALL-E shaped model: a phoneme embedding, an autoregressive decoder with a KV
+//! cache for the first RVQ level, and a non-autoregressive decoder for the other levels, with
+//! seeded random weights or weights from a safetensors file. Optionally the NAR decoder also
+//! carries the masked level-0 ("NAR-len") heads: a duration head and a head that predicts
+//! level 0 from partly masked codes.
 
-use std::path::PathBuf;
-use std::time::Instant;
-
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder, VarMap};
-use candle_sampler::driver::{CodecLm, Driver, DriverConfig, Knob, Progress, Rows, StageConfig};
-use candle_sampler::SamplerConfig;
-use clap::Parser;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use candle_sampler::driver::{CodecLm, Conditioning, DriverError};
 
-/// EnCodec at 24 kHz: 1024 codes per level, 8 levels, 75 codes per second.
-const CODES: usize = 1024;
-const VOCAB: usize = CODES + 1;
-const STOP: u32 = CODES as u32;
-const LEVELS: usize = 8;
-const CODES_PER_SECOND: usize = 75;
+/// EnCodec at 24 kHz: 1024 codes per level, 8 levels.
+pub const CODES: usize = 1024;
+/// The codes plus the stop token.
+pub const VOCAB: usize = CODES + 1;
+/// The stop token (also the mask token of the masked level-0 head).
+pub const STOP: u32 = CODES as u32;
+/// RVQ levels.
+pub const LEVELS: usize = 8;
 /// Phonemes are the text's ASCII bytes; id 0 pads.
 const PHONEMES: usize = 128;
 /// Masked attention scores: finite, so that a fully padded query row is not NaN.
 const MASKED: f32 = -1e9;
 
-const DEFAULT_PROMPTS: [&str; 4] = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Hello world.",
-    "Sampling on the device keeps the host out of the loop.",
-    "Codec language models speak in codes.",
-];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum DeviceArg {
-    Cpu,
-    Cuda,
-    Metal,
-}
-
-#[derive(Parser, Debug)]
-#[command(about = "VALL-E shaped AR + NAR generation with candle-sampler")]
-struct Args {
-    /// Prompt text (repeat for a batch); default: four built-in sentences.
-    #[arg(long)]
-    text: Vec<String>,
-    /// Repeat the prompts to make a larger batch of this many rows.
-    #[arg(long)]
-    batch: Option<usize>,
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: DeviceArg,
-    /// Model weights (safetensors); default: seeded random weights.
-    #[arg(long)]
-    weights: Option<PathBuf>,
-    /// Write the (random) weights to this safetensors file.
-    #[arg(long)]
-    save_weights: Option<PathBuf>,
-    /// Seed of the random weights.
-    #[arg(long, default_value_t = 0)]
-    weight_seed: u64,
-    /// The random model's AR bias for the stop token (higher: shorter rows).
-    #[arg(long, default_value_t = 2.0)]
-    stop_bias: f32,
-    /// Seed of the sampling.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// The most audio a row may get, in seconds (75 codes per second).
-    #[arg(long, default_value_t = 3.0)]
-    max_seconds: f32,
-    /// AR temperature: one value, or one per row (comma separated).
-    #[arg(long, default_value = "1.0", value_delimiter = ',')]
-    temperature: Vec<f32>,
-    /// Read the "all rows stopped" flag every this many AR steps.
-    #[arg(long, default_value_t = 16)]
-    stop_check_interval: usize,
-    /// Output file.
-    #[arg(long, default_value = "vall_e_codes.npy")]
-    out: PathBuf,
-}
-
-fn open_device(d: DeviceArg) -> Result<Device> {
-    match d {
-        DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Cuda => {
-            if !cfg!(feature = "cuda") {
-                bail!("this example was built without CUDA: run `cargo run --release --features cuda --example vall_e -- --device cuda`");
-            }
-            Device::new_cuda(0).context("opening CUDA device 0")
-        }
-        DeviceArg::Metal => {
-            if !cfg!(feature = "metal") {
-                bail!("this example was built without Metal: run `cargo run --release --features metal --example vall_e -- --device metal`");
-            }
-            Device::new_metal(0).context("opening Metal device 0")
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The model.
-
+/// The model's sizes.
 #[derive(Clone, Copy, Debug)]
-struct ModelConfig {
-    dim: usize,
-    heads: usize,
-    ffn: usize,
-    ar_layers: usize,
-    nar_layers: usize,
-    max_positions: usize,
+pub struct ModelConfig {
+    pub dim: usize,
+    pub heads: usize,
+    pub ffn: usize,
+    pub ar_layers: usize,
+    pub nar_layers: usize,
+    pub max_positions: usize,
 }
 
 impl ModelConfig {
     /// Small enough to run quickly on a laptop CPU.
-    fn tiny() -> Self {
+    pub fn tiny() -> Self {
         Self {
             dim: 128,
             heads: 4,
@@ -240,7 +154,8 @@ impl Decoder {
     }
 }
 
-struct VallE {
+/// The model: the AR and NAR stacks and their embeddings and heads.
+pub struct VallE {
     cfg: ModelConfig,
     device: Device,
     ar_phonemes: Embedding,
@@ -259,10 +174,37 @@ struct VallE {
     nar: Decoder,
     /// One head per predicted level (1..LEVELS).
     nar_heads: Vec<Linear>,
+    /// The masked level-0 heads, when built.
+    masked: Option<MaskedHeads>,
+}
+
+/// The masked level-0 heads on the NAR decoder.
+struct MaskedHeads {
+    /// A query token after the phonemes whose output the duration head reads.
+    duration_query: Embedding,
+    duration_head: Linear,
+    /// Level-0 codes; the mask token is the stop token's entry.
+    codes: Embedding,
+    /// The demasking timestep t as (sin, cos) of t * pi / 2.
+    time: Linear,
+    head: Linear,
+}
+
+impl MaskedHeads {
+    fn new(d: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            duration_query: embedding(1, d, vb.pp("duration_query"))?,
+            duration_head: linear(d, 1, vb.pp("duration_head"))?,
+            codes: embedding(VOCAB, d, vb.pp("codes"))?,
+            time: linear(2, d, vb.pp("time"))?,
+            head: linear(d, VOCAB, vb.pp("head"))?,
+        })
+    }
 }
 
 impl VallE {
-    fn new(cfg: ModelConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+    /// The model; `masked` adds the masked level-0 heads (weights under `masked.`).
+    pub fn new(cfg: ModelConfig, vb: VarBuilder, masked: bool) -> candle_core::Result<Self> {
         let (d, ar, nar) = (cfg.dim, vb.pp("ar"), vb.pp("nar"));
         Ok(Self {
             cfg,
@@ -283,11 +225,14 @@ impl VallE {
             nar_heads: (1..LEVELS)
                 .map(|l| linear(d, VOCAB, nar.pp(format!("heads.{l}"))))
                 .collect::<candle_core::Result<_>>()?,
+            masked: masked
+                .then(|| MaskedHeads::new(d, vb.pp("masked")))
+                .transpose()?,
         })
     }
 
     /// The model with its conditioning for one batch of prompts.
-    fn batch(&self, prompts: &[String], max_steps: usize) -> Result<BatchedVallE<'_>> {
+    pub fn batch(&self, prompts: &[String], max_steps: usize) -> Result<BatchedVallE<'_>> {
         let phonemes: Vec<Vec<u32>> = prompts
             .iter()
             .map(|t| {
@@ -332,7 +277,7 @@ impl VallE {
 }
 
 /// The model and one batch's conditioning: what the driver drives.
-struct BatchedVallE<'m> {
+pub struct BatchedVallE<'m> {
     model: &'m VallE,
     text_lens: Vec<u32>,
     /// `[B, P]` u32, left-padded with 0.
@@ -348,6 +293,52 @@ struct BatchedVallE<'m> {
 impl BatchedVallE<'_> {
     fn width(&self) -> usize {
         self.prefix_mask.dim(1).unwrap_or(1) - 1
+    }
+
+    /// The NAR decoder over the phonemes and `audio` (`[B, T, d]` embeddings of code
+    /// positions), bidirectional over the real phonemes (none with `text` false: the null
+    /// conditioning) and the positions below each row's length. Returns `[B, T, d]`.
+    fn nar_hidden(&self, audio: &Tensor, lens: &Tensor, text: bool) -> candle_core::Result<Tensor> {
+        let m = self.model;
+        let dev = &m.device;
+        let (b, t, _) = audio.dims3()?;
+        let width = self.width();
+        let audio_pos: Vec<u32> = self
+            .text_lens
+            .iter()
+            .flat_map(|&p| (0..t as u32).map(move |j| p + 1 + j))
+            .collect();
+        let positions = Tensor::cat(
+            &[
+                &self.prefix_positions.narrow(1, 0, width)?,
+                &Tensor::from_vec(audio_pos, (b, t), dev)?,
+            ],
+            1,
+        )?;
+        let x = Tensor::cat(&[&m.nar_phonemes.forward(&self.phonemes)?, audio], 1)?;
+        let x = (x + m.nar_positions.forward(&positions)?)?;
+        let past_end = Tensor::arange(0u32, t as u32, dev)?
+            .unsqueeze(0)?
+            .broadcast_ge(&lens.unsqueeze(1)?)?;
+        let audio_mask = past_end.where_cond(
+            &Tensor::full(MASKED, (b, t), dev)?,
+            &Tensor::zeros((b, t), DType::F32, dev)?,
+        )?;
+        let text_mask = if text {
+            self.prefix_mask.narrow(1, 0, width)?
+        } else {
+            Tensor::full(MASKED, (b, width), dev)?
+        };
+        let mask = Tensor::cat(&[&text_mask, &audio_mask], 1)?;
+        let h = m.nar.forward(&x, &mask.unsqueeze(1)?.unsqueeze(1)?, None)?;
+        h.narrow(1, width, t)
+    }
+
+    fn masked_heads(&self, hook: &'static str) -> Result<&MaskedHeads, DriverError> {
+        self.model
+            .masked
+            .as_ref()
+            .ok_or(DriverError::Unsupported { hook })
     }
 }
 
@@ -421,45 +412,65 @@ impl CodecLm for BatchedVallE<'_> {
             candle_core::bail!("NAR level {level} with {have} input levels");
         }
         let dev = &m.device;
-        let width = self.width();
         let mut audio = m
             .nar_target
             .forward(&Tensor::full(level as u32, (b, t), dev)?)?;
         for (l, emb) in m.nar_codes.iter().enumerate().take(level) {
             audio = (audio + emb.forward(&codes.i((.., .., l))?.contiguous()?)?)?;
         }
-        let audio_pos: Vec<u32> = self
-            .text_lens
-            .iter()
-            .flat_map(|&p| (0..t as u32).map(move |j| p + 1 + j))
-            .collect();
-        let positions = Tensor::cat(
-            &[
-                &self.prefix_positions.narrow(1, 0, width)?,
-                &Tensor::from_vec(audio_pos, (b, t), dev)?,
-            ],
-            1,
-        )?;
-        let x = Tensor::cat(&[m.nar_phonemes.forward(&self.phonemes)?, audio], 1)?;
-        let x = (x + m.nar_positions.forward(&positions)?)?;
-        // Bidirectional: every real phoneme and every code position below the row's length.
-        let past_end = Tensor::arange(0u32, t as u32, dev)?
-            .unsqueeze(0)?
-            .broadcast_ge(&lens.unsqueeze(1)?)?;
-        let audio_mask = past_end.where_cond(
-            &Tensor::full(MASKED, (b, t), dev)?,
-            &Tensor::zeros((b, t), DType::F32, dev)?,
-        )?;
-        let mask = Tensor::cat(&[&self.prefix_mask.narrow(1, 0, width)?, &audio_mask], 1)?;
-        let h = m.nar.forward(&x, &mask.unsqueeze(1)?.unsqueeze(1)?, None)?;
-        m.nar_heads[level - 1].forward(&h.narrow(1, width, t)?)
+        m.nar_heads[level - 1].forward(&self.nar_hidden(&audio, lens, true)?)
+    }
+
+    /// About 12 codes per phoneme, scaled by up to e^(+-0.25) by the duration head.
+    fn durations(&mut self) -> candle_sampler::driver::Result<Tensor> {
+        let m = self.model;
+        let heads = self.masked_heads("durations")?;
+        let dev = &m.device;
+        let b = self.phonemes.dim(0)?;
+        let width = self.width();
+        let query = heads
+            .duration_query
+            .forward(&Tensor::zeros((b, 1), DType::U32, dev)?)?;
+        let x = Tensor::cat(&[m.nar_phonemes.forward(&self.phonemes)?, query], 1)?;
+        let x = (x + m.nar_positions.forward(&self.prefix_positions)?)?;
+        let mask = self.prefix_mask.reshape((b, 1, 1, width + 1))?;
+        let h = m.nar.forward(&x, &mask, None)?.i((.., width))?;
+        let scale = (heads.duration_head.forward(&h)?.squeeze(1)?.tanh()? * 0.25)?.exp()?;
+        let text = Tensor::from_vec(self.text_lens.clone(), b, dev)?.to_dtype(DType::F32)?;
+        Ok(((text * 12.0)? * scale)?)
+    }
+
+    fn masked_level(
+        &mut self,
+        codes: &Tensor,
+        _mask: &Tensor,
+        lens: &Tensor,
+        timestep: f32,
+        conditioning: Conditioning,
+    ) -> candle_sampler::driver::Result<Tensor> {
+        let m = self.model;
+        let heads = self.masked_heads("masked_level")?;
+        let dev = &m.device;
+        let (b, t) = codes.dims2()?;
+        let angle = timestep * std::f32::consts::FRAC_PI_2;
+        let time = heads
+            .time
+            .forward(&Tensor::new(&[[[angle.sin(), angle.cos()]]], dev)?)?;
+        // Level 0 is the NAR's target 0 (its own levels are 1..); masked positions hold the
+        // stop token, whose embedding is the mask embedding.
+        let audio = (heads.codes.forward(codes)?
+            + m.nar_target
+                .forward(&Tensor::zeros((b, t), DType::U32, dev)?)?)?
+        .broadcast_add(&time)?;
+        let text = conditioning == Conditioning::Conditional;
+        Ok(heads.head.forward(&self.nar_hidden(&audio, lens, text)?)?)
     }
 }
 
 /// Seeded random weights: every matrix uniform with standard deviation 1/sqrt(fan in), biases
 /// zero, layer norms at their identity init. The AR head's stop-token bias is raised so that
 /// rows stop after a second or two, as a trained model would.
-fn seeded_weights(varmap: &VarMap, seed: u64, stop_bias: f32, device: &Device) -> Result<()> {
+pub fn seeded_weights(varmap: &VarMap, seed: u64, stop_bias: f32, device: &Device) -> Result<()> {
     let data = varmap
         .data()
         .lock()
@@ -507,145 +518,4 @@ fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     })
-}
-
-// ---------------------------------------------------------------------------------------------
-
-fn main() -> Result<()> {
-    let args = Args::parse();
-    let device = open_device(args.device)?;
-    let mut prompts: Vec<String> = if args.text.is_empty() {
-        DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect()
-    } else {
-        args.text.clone()
-    };
-    if let Some(n) = args.batch {
-        if n == 0 {
-            bail!("--batch must be at least 1");
-        }
-        prompts = prompts.iter().cycle().take(n).cloned().collect();
-    }
-    let rows = prompts.len();
-    let max_steps = (args.max_seconds * CODES_PER_SECOND as f32).round() as usize;
-    if max_steps == 0 {
-        bail!("--max-seconds {} allows no code", args.max_seconds);
-    }
-
-    let start = Instant::now();
-    let cfg = ModelConfig::tiny();
-    let (model, varmap) = match &args.weights {
-        Some(path) => {
-            // SAFETY: the file is memory-mapped read-only and must not change while we run.
-            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &device) }
-                .with_context(|| format!("opening weights {}", path.display()))?;
-            (
-                VallE::new(cfg, vb)
-                    .with_context(|| format!("loading weights from {}", path.display()))?,
-                None,
-            )
-        }
-        None => {
-            let varmap = VarMap::new();
-            let model = VallE::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
-            seeded_weights(&varmap, args.weight_seed, args.stop_bias, &device)?;
-            (model, Some(varmap))
-        }
-    };
-    if let (Some(path), Some(varmap)) = (&args.save_weights, &varmap) {
-        varmap
-            .save(path)
-            .with_context(|| format!("writing weights to {}", path.display()))?;
-        println!("wrote the weights to {}", path.display());
-    }
-    println!(
-        "model: dim {}, {} AR + {} NAR layers, {} codes + stop, {} levels, on {:?} (built in {:.2} s)",
-        cfg.dim,
-        cfg.ar_layers,
-        cfg.nar_layers,
-        CODES,
-        LEVELS,
-        args.device,
-        start.elapsed().as_secs_f64()
-    );
-
-    // Sampling: the VALL-E defaults, an AR temperature per row, and each row's own limit: about
-    // 12 codes per phoneme, at most --max-seconds.
-    let temperatures = match args.temperature.len() {
-        1 => vec![args.temperature[0]; rows],
-        n if n == rows => args.temperature.clone(),
-        n => bail!("--temperature has {n} values for {rows} rows (give one, or one per row)"),
-    };
-    let ar =
-        StageConfig::new(SamplerConfig::vall_e_ar()).per_sequence(Knob::Temperature, temperatures);
-    let nar = StageConfig::new(SamplerConfig::vall_e_nar());
-    let config = DriverConfig::new(ar, nar)
-        .with_max_steps(max_steps)
-        .with_stop_check_interval(args.stop_check_interval)
-        .with_stop_token(Some(STOP));
-    let row_limits: Vec<usize> = prompts
-        .iter()
-        .map(|p| (p.len() * 12).clamp(1, max_steps))
-        .collect();
-    let batch_rows = Rows::first(rows).with_max_steps(row_limits);
-
-    let mut batch = model.batch(&prompts, max_steps)?;
-    let ar_bar = ProgressBar::new(max_steps as u64);
-    ar_bar.set_style(ProgressStyle::with_template(
-        "AR  {bar:40} {pos}/{len} steps {msg}",
-    )?);
-    // Shown once the AR stage is done.
-    let nar_bar =
-        ProgressBar::with_draw_target(Some((LEVELS - 1) as u64), ProgressDrawTarget::hidden())
-            .with_style(ProgressStyle::with_template(
-                "NAR {bar:40} {pos}/{len} levels",
-            )?);
-    let out =
-        Driver::new(config).generate_with(&mut batch, &batch_rows, args.seed, |p| match p {
-            Progress::ArStep { step, limit } => {
-                ar_bar.set_length(limit as u64);
-                ar_bar.set_position(step as u64 + 1);
-            }
-            Progress::ArRunning { running, .. } => {
-                ar_bar.set_message(format!("({running} of {rows} rows running)"))
-            }
-            Progress::ArDone { steps, max_len } => {
-                ar_bar.finish_with_message(format!(
-                    "done after {steps} steps, longest row {max_len} codes"
-                ));
-                nar_bar.set_draw_target(ProgressDrawTarget::stderr());
-            }
-            Progress::NarLevel { level, .. } => nar_bar.set_position(level as u64),
-        })?;
-    nar_bar.finish();
-
-    let codes = out.lens.iter().sum::<usize>();
-    let audio_seconds = codes as f64 / CODES_PER_SECOND as f64;
-    let (ar_s, nar_s) = (out.ar_time.as_secs_f64(), out.nar_time.as_secs_f64());
-    println!("rows: {rows}, codes per row: {:?}", out.lens);
-    println!(
-        "AR : {:>4} steps in {ar_s:.3} s, {:.0} codes/s (first level)",
-        out.ar_steps,
-        codes as f64 / ar_s
-    );
-    println!(
-        "NAR: {:>4} levels in {nar_s:.3} s, {:.0} codes/s",
-        LEVELS - 1,
-        (codes * (LEVELS - 1)) as f64 / nar_s
-    );
-    println!(
-        "all: {:.3} s for {:.1} s of audio ({:.1}x real time), {:.0} codes/s",
-        ar_s + nar_s,
-        audio_seconds,
-        audio_seconds / (ar_s + nar_s),
-        out.codes_per_second()
-    );
-    out.padded_i64(-1)?
-        .write_npy(&args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    println!(
-        "wrote {} ({:?} int64, -1 past each row's end)",
-        args.out.display(),
-        out.codes.dims()
-    );
-    Ok(())
 }
