@@ -13,6 +13,6 @@ pub use sampler_core::{
     SamplerBuilder, SamplerConfig, SamplerError, SamplingContext, Selector,
 };
 pub use sampler_driver::{
-    CodecLm, Conditioning, Driver, DriverConfig, DriverError, Generation, GuidanceSchedule,
-    Level0, MaskedConfig, Progress, Rows, StageConfig,
+    CodecLm, Conditioning, Driver, DriverConfig, DriverError, Generation, GuidanceSchedule, Level0,
+    MaskedConfig, Progress, Rows, StageConfig,
 };

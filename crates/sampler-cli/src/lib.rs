@@ -1,8 +1,7 @@
-//! The library behind the `sampler` binary: input/output, golden-case judging, the bench suite
-//! and the selftest, so that tests and benchmarks share them with the CLI.
+//! The library behind the `sampler` binary: device selection, input/output and the selftest,
+//! so that tests share them with the CLI. The golden cases and the benchmark suite live in
+//! `sampler-testkit`.
 
 pub mod device;
-pub mod golden;
 pub mod io;
 pub mod selftest;
-pub mod suite;

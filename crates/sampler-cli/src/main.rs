@@ -9,8 +9,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sampler_cli::device::DeviceArg;
-use sampler_cli::{io, selftest, suite};
+use sampler_cli::{io, selftest};
 use sampler_core::{ExecPath, Mode, Sampler, SamplerBuilder, SamplingContext};
+use sampler_testkit::suite;
 
 #[derive(Parser)]
 #[command(
@@ -42,8 +43,9 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Times chain + draw per step and prints one JSON object; with --suite, runs the whole
-    /// benchmark matrix and prints a markdown table (or JSON).
+    /// Times chain + draw per step and prints one JSON object; with --suite, runs the suite of
+    /// workloads against the baseline, with --matrix every sampler added to the base chain, and
+    /// prints a markdown table (or JSON).
     Bench(BenchArgs),
     /// Checks a device against the CPU plain path: golden cases, random batches, the draw.
     Selftest {
@@ -96,12 +98,15 @@ struct Input {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Run the whole benchmark matrix instead of one input.
-    #[arg(long)]
+    /// Run the suite of workloads (fused, plain, baseline) instead of one input.
+    #[arg(long, conflicts_with = "matrix")]
     suite: bool,
-    #[arg(long, required_unless_present = "suite")]
+    /// Run the sampler matrix: every sampler added to the base chain, at three shapes.
+    #[arg(long)]
+    matrix: bool,
+    #[arg(long, required_unless_present_any = ["suite", "matrix"])]
     config: Option<PathBuf>,
-    #[arg(long, required_unless_present = "suite")]
+    #[arg(long, required_unless_present_any = ["suite", "matrix"])]
     logits: Option<PathBuf>,
     #[arg(long)]
     history: Option<PathBuf>,
@@ -205,7 +210,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     if a.iters == 0 {
         bail!("--iters must be at least 1");
     }
-    if a.suite {
+    if a.suite || a.matrix {
         let device = a.device.open()?;
         let opts = suite::SuiteOptions {
             max_iters: a.iters,
@@ -217,6 +222,18 @@ fn bench(a: BenchArgs) -> Result<()> {
             },
             seed: a.seed,
         };
+        if a.matrix {
+            let (cells, bw) = suite::run_matrix(&device, &opts)?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "device": a.device.name(), "read_bandwidth_bytes_per_s": bw, "cells": cells })
+                );
+            } else {
+                print!("{}", suite::matrix_markdown(&cells, bw, a.device.name()));
+            }
+            return Ok(());
+        }
         let (rows, bw) = suite::run_suite(&device, a.device.name(), &opts)?;
         if a.json {
             println!(
@@ -243,6 +260,11 @@ fn bench(a: BenchArgs) -> Result<()> {
         .apply(&p.batch.logits, &context(&p.batch, a.seed))?;
     let inp = suite::Inputs {
         logits: p.batch.logits.clone(),
+        null_logits: p
+            .batch
+            .null_logits
+            .clone()
+            .unwrap_or_else(|| p.batch.logits.clone()),
         history: p.batch.history.clone(),
         host_history: Vec::new(),
     };
@@ -259,7 +281,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         "vocab": vocab,
         "device": a.device.name(),
         "path": match a.path { PathArg::Plain => "plain", PathArg::Fused => "fused" },
-        "chain": p.sampler.chain().names(),
+        "chain": p.sampler.describe(rows, vocab, p.batch.logits.device())?,
     });
     println!("{report}");
     Ok(())

@@ -11,8 +11,8 @@ use sampler_core::{
 };
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
-use crate::golden::{self, compare_logits, Case};
-use crate::suite::{self, Workload};
+use sampler_testkit::golden::{self, compare_logits, Case};
+use sampler_testkit::suite::{self, Workload};
 
 /// What to run.
 pub struct SelftestOptions {
@@ -80,21 +80,15 @@ struct Loaded {
     cfg: Result<SamplerConfig, String>,
     mode: Mode,
     logits: Tensor,
-    history: Option<Tensor>,
+    history: Option<Vec<Vec<i64>>>,
 }
 
 fn load(case: &Case) -> Result<Loaded> {
-    let cfg = std::fs::read_to_string(case.path("config.json"))
-        .map_err(|e| e.to_string())
-        .and_then(|t| SamplerConfig::from_json(&t).map_err(|e| e.to_string()));
-    let mode = case.mode().parse()?;
-    let logits = Tensor::read_npy(case.path("logits.npy"))?;
-    let history = case.history().map(Tensor::read_npy).transpose()?;
     Ok(Loaded {
-        cfg,
-        mode,
-        logits,
-        history,
+        cfg: case.config().map_err(|e| e.to_string()),
+        mode: case.mode(),
+        logits: case.raw_logits()?,
+        history: case.raw_history()?,
     })
 }
 
@@ -119,17 +113,16 @@ fn run_case(
     .and_then(|x| x.to_device(device))
     .map_err(|e| err(&e))?;
     let mut ctx = SamplingContext::new(seed.unwrap_or(0));
-    if let Some(h) = &l.history {
-        let h = h.to_dtype(DType::I64).map_err(|e| err(&e))?;
+    if let Some(rows) = &l.history {
         let history = match l.mode {
-            Mode::Ar => {
-                History::from_padded_rows(&h.to_vec2::<i64>().map_err(|e| err(&e))?, device)
+            Mode::Ar => History::from_padded_rows(rows, device),
+            Mode::Nar => {
+                let (b, t) = (rows.len(), rows.first().map_or(0, |r| r.len()));
+                let flat: Vec<u32> = rows.iter().flatten().map(|&v| v as u32).collect();
+                Tensor::from_vec(flat, (b, t), device)
+                    .map_err(sampler_core::SamplerError::from)
+                    .and_then(|codes| History::nar_from_previous_level(&codes))
             }
-            Mode::Nar => History::nar_from_previous_level(
-                &h.to_dtype(DType::U32)
-                    .and_then(|h| h.to_device(device))
-                    .map_err(|e| err(&e))?,
-            ),
         }
         .map_err(|e| err(&e))?;
         ctx = ctx.with_history(history);
@@ -198,7 +191,9 @@ fn random_batch(w: &Workload, device: &Device) -> Result<String, String> {
     let on_device = suite::inputs(w, device, 11).map_err(err)?;
     let on_cpu = suite::inputs(w, &Device::Cpu, 11).map_err(err)?;
     let ctx = |inp: &suite::Inputs| {
-        let c = SamplingContext::new(5).with_step(3);
+        let c = SamplingContext::new(5)
+            .with_step(3)
+            .with_null_logits(inp.null_logits.clone());
         match &inp.history {
             Some(h) => c.with_history(h.clone()),
             None => c,
@@ -276,19 +271,12 @@ pub fn run(device: &Device, device_name: &str, opts: &SelftestOptions) -> Result
         sum.record(&format!("golden {}", case.name), golden_case(case, device));
     }
     let mut workloads = suite::workloads();
-    workloads.push(Workload {
-        name: "dynamic temperature + top-n-sigma",
-        rows: 64,
-        vocab: 4096,
-        history: 0,
-        mode: Mode::Ar,
-        config: SamplerConfig {
-            temperature: 1.5,
-            min_temperature: 0.5,
-            top_no: 1.0,
-            ..Default::default()
-        },
-    });
+    // Every sampler of the matrix on a batch with a history, through the device's fused path.
+    for (name, config) in suite::matrix_samplers() {
+        let mut w = suite::llm(&name, 16, 4096, 64).with_config(config);
+        w.name = format!("sampler {name}");
+        workloads.push(w);
+    }
     for w in workloads.iter().filter(|w| w.vocab <= opts.max_vocab) {
         sum.record(
             &format!("random {} [{}, {}]", w.name, w.rows, w.vocab),

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use sampler_cli::golden::golden_dir;
+use sampler_testkit::golden::golden_dir;
 
 fn sampler() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sampler"))

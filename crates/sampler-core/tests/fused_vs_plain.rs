@@ -6,20 +6,14 @@
 //! boundary; such a draw is recognised by recomputing that boundary in f64 from the
 //! plain path's processed row and is counted, and the count must stay below 0.1 % of draws.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 use sampler_core::{
     ExecPath, History, Mode, Sampler, SamplerBuilder, SamplerConfig, SamplerError, SamplingContext,
 };
+use sampler_testkit::golden;
 
-/// The golden folder: $SAMPLER_GOLDEN_DIR, or the repository's tests/golden.
-fn golden_dir() -> std::path::PathBuf {
-    match std::env::var("SAMPLER_GOLDEN_DIR") {
-        Ok(d) => d.into(),
-        Err(_) => concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden").into(),
-    }
-}
 
 fn sampler(cfg: &SamplerConfig, mode: Mode, path: ExecPath) -> Sampler {
     cfg.validate().unwrap();
@@ -102,6 +96,7 @@ fn compare_draws(
     (same, boundary)
 }
 
+/// A golden case loaded for both paths.
 struct Case {
     name: String,
     meta: serde_json::Value,
@@ -109,46 +104,23 @@ struct Case {
     mode: Mode,
     logits: Tensor,
     history: Option<History>,
+    expected: Option<Vec<Vec<f32>>>,
 }
 
-fn load(dir: &std::path::Path) -> Case {
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    let meta: serde_json::Value = serde_json::from_str(&read("meta.json")).unwrap();
-    let cfg = SamplerConfig::from_json(&read("config.json")).unwrap();
-    let mode = if meta["mode"] == "nar" {
-        Mode::Nar
-    } else {
-        Mode::Ar
-    };
-    let raw = Tensor::read_npy(dir.join("logits.npy"))
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    let vocab = *raw.dims().last().unwrap();
-    let logits = raw.reshape(((), vocab)).unwrap();
-    let history = dir.join("history.npy").exists().then(|| {
-        let h = Tensor::read_npy(dir.join("history.npy"))
-            .unwrap()
-            .to_dtype(DType::I64)
-            .unwrap();
-        match mode {
-            Mode::Ar => {
-                History::from_padded_rows(&h.to_vec2::<i64>().unwrap(), &Device::Cpu).unwrap()
-            }
-            Mode::Nar => {
-                History::nar_from_previous_level(&h.to_dtype(DType::U32).unwrap()).unwrap()
-            }
-        }
-    });
-    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-    Case {
-        name,
-        meta,
-        cfg,
-        mode,
-        logits,
-        history,
-    }
+fn golden_cases(kind: &str) -> Vec<Case> {
+    golden::cases_of(kind)
+        .expect("the golden cases of tests/golden")
+        .into_iter()
+        .map(|c| Case {
+            cfg: c.config().unwrap(),
+            mode: c.mode(),
+            logits: c.logits(&Device::Cpu).unwrap(),
+            history: c.history(&Device::Cpu).unwrap(),
+            expected: (kind == "apply").then(|| c.expected_rows().unwrap()),
+            name: c.name,
+            meta: c.meta,
+        })
+        .collect()
 }
 
 fn context(case: &Case, seed: u64) -> SamplingContext {
@@ -157,23 +129,6 @@ fn context(case: &Case, seed: u64) -> SamplingContext {
         Some(h) => ctx.with_history(h.clone()),
         None => ctx,
     }
-}
-
-fn golden_cases(kind: &str) -> Vec<Case> {
-    let golden = golden_dir();
-    let mut dirs: Vec<_> = std::fs::read_dir(&golden)
-        .unwrap_or_else(|e| panic!("golden cases at {}: {e}", golden.display()))
-        .map(|d| d.unwrap().path())
-        .filter(|p| p.join("meta.json").exists())
-        .collect();
-    dirs.sort();
-    let kind_of = |d: &std::path::PathBuf| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(d.join("meta.json")).unwrap()).unwrap()
-    };
-    dirs.iter()
-        .filter(|d| kind_of(d)["kind"] == kind)
-        .map(|d| load(d))
-        .collect()
 }
 
 #[test]
@@ -209,13 +164,7 @@ fn golden_apply_cases_agree_between_paths_and_with_the_reference() {
             panic!("{}: fused and plain differ: {e}", case.name);
         }
         // The fused path against the reference itself, with the case's tolerances.
-        let dir = golden_dir().join(&case.name);
-        let expected = Tensor::read_npy(dir.join("expected.npy")).unwrap();
-        let expected = expected
-            .reshape(case.logits.shape())
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let expected = case.expected.clone().unwrap();
         let atol = case.meta["atol"].as_f64().unwrap() as f32;
         let rtol = case.meta["rtol"].as_f64().unwrap() as f32;
         for (r, (f, e)) in yf.iter().zip(&expected).enumerate() {

@@ -58,8 +58,8 @@ use crate::processor::LogitsProcessor;
 use crate::sort_ops::sorted_head;
 use crate::stage::{Sink, Slot, Stage};
 use crate::tensor_ops::{
-    argmax_lowest, count, decision_dtype, finite, full_like, keep_only, kth_largest,
-    log_softmax, masked_sum, softmax, top_p_keep,
+    argmax_lowest, count, decision_dtype, finite, full_like, keep_only, kth_largest, log_softmax,
+    masked_sum, softmax, top_p_keep,
 };
 
 const LN_2: f64 = std::f64::consts::LN_2;

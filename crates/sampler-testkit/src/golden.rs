@@ -1,14 +1,18 @@
-//! Reading the golden cases of ../shared/golden and judging outputs by their README's rules
-//! (used by the tests and by `sampler selftest`).
+//! The golden cases of `tests/golden`: loading them (config, mode, logits, history, expected
+//! outputs) and judging outputs by the rules of their README. One loader for the library and
+//! CLI tests, the fused-against-plain tests, `sampler selftest` and the kernels' host harness.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
+use sampler_core::{History, Mode, SamplerConfig};
 use serde_json::Value;
 
-/// The golden folder: $SAMPLER_GOLDEN_DIR, or ../shared/golden beside the repository this
-/// crate was built from.
+/// The number of golden cases the repository holds.
+pub const CASES: usize = 38;
+
+/// The golden folder: `$SAMPLER_GOLDEN_DIR`, or the repository's `tests/golden`.
 pub fn golden_dir() -> PathBuf {
     if let Ok(d) = std::env::var("SAMPLER_GOLDEN_DIR") {
         return PathBuf::from(d);
@@ -18,38 +22,103 @@ pub fn golden_dir() -> PathBuf {
 
 /// One case folder and its meta.json.
 pub struct Case {
+    /// The folder's name.
     pub name: String,
+    /// The folder.
     pub dir: PathBuf,
+    /// meta.json.
     pub meta: Value,
 }
 
 impl Case {
+    /// `apply`, `distribution` or `reject`.
     pub fn kind(&self) -> &str {
         self.meta["kind"].as_str().unwrap_or("")
     }
-    pub fn mode(&self) -> &str {
+    /// `ar` or `nar` as written in meta.json.
+    pub fn mode_name(&self) -> &str {
         self.meta["mode"].as_str().unwrap_or("ar")
     }
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        if self.mode_name() == "nar" {
+            Mode::Nar
+        } else {
+            Mode::Ar
+        }
+    }
+    /// Whether the CLI is given `--mode`.
     pub fn pass_mode_flag(&self) -> bool {
         self.meta["pass_mode_flag"].as_bool().unwrap_or(true)
     }
+    /// A file of the case.
     pub fn path(&self, f: &str) -> PathBuf {
         self.dir.join(f)
     }
-    pub fn history(&self) -> Option<PathBuf> {
+    /// history.npy, when the case has one.
+    pub fn history_path(&self) -> Option<PathBuf> {
         let p = self.path("history.npy");
         p.exists().then_some(p)
+    }
+    /// The parsed config (reject cases may hold an invalid one).
+    pub fn config(&self) -> anyhow::Result<SamplerConfig> {
+        let text = std::fs::read_to_string(self.path("config.json"))
+            .with_context(|| format!("{}: config.json", self.name))?;
+        Ok(SamplerConfig::from_json(&text)?)
+    }
+    /// The logits as stored: `[rows, vocab]` (ar) or `[batch, T, vocab]` (nar), f32.
+    pub fn raw_logits(&self) -> anyhow::Result<Tensor> {
+        Ok(Tensor::read_npy(self.path("logits.npy"))?.to_dtype(DType::F32)?)
+    }
+    /// The logits as the chain sees them, `[rows, vocab]` f32 on `device`.
+    pub fn logits(&self, device: &Device) -> anyhow::Result<Tensor> {
+        let raw = self.raw_logits()?;
+        let vocab = *raw.dims().last().unwrap_or(&0);
+        Ok(raw.reshape(((), vocab))?.to_device(device)?)
+    }
+    /// The history as stored, i64 (ar: `[rows, H]` with -1 padding; nar: `[batch, T]`).
+    pub fn raw_history(&self) -> anyhow::Result<Option<Vec<Vec<i64>>>> {
+        match self.history_path() {
+            None => Ok(None),
+            Some(p) => Ok(Some(
+                Tensor::read_npy(p)?
+                    .to_dtype(DType::I64)?
+                    .to_vec2::<i64>()?,
+            )),
+        }
+    }
+    /// The history as the chain sees it, on `device`.
+    pub fn history(&self, device: &Device) -> anyhow::Result<Option<History>> {
+        let Some(rows) = self.raw_history()? else {
+            return Ok(None);
+        };
+        Ok(Some(match self.mode() {
+            Mode::Ar => History::from_padded_rows(&rows, device)?,
+            Mode::Nar => {
+                let (b, t) = (rows.len(), rows.first().map_or(0, |r| r.len()));
+                let flat: Vec<u32> = rows.iter().flatten().map(|&v| v as u32).collect();
+                History::nar_from_previous_level(&Tensor::from_vec(flat, (b, t), device)?)?
+            }
+        }))
+    }
+    /// expected.npy reshaped to `[rows, vocab]`, host rows.
+    pub fn expected_rows(&self) -> anyhow::Result<Vec<Vec<f32>>> {
+        let e = Tensor::read_npy(self.path("expected.npy"))?.to_dtype(DType::F32)?;
+        let vocab = *e.dims().last().unwrap_or(&0);
+        Ok(e.reshape(((), vocab))?.to_vec2::<f32>()?)
     }
     /// A numeric meta field, 1e-5 when absent (the README's default tolerance).
     pub fn tolerance(&self, key: &str) -> f32 {
         self.meta[key].as_f64().unwrap_or(1e-5) as f32
     }
+    /// The seeds of a distribution case.
     pub fn seeds(&self) -> Vec<u64> {
         let seeds = self.meta["seeds"].as_array();
         seeds
             .map(|a| a.iter().filter_map(|s| s.as_u64()).collect())
             .unwrap_or_default()
     }
+    /// Whether a distribution case is greedy.
     pub fn greedy(&self) -> bool {
         self.meta["greedy"].as_bool().unwrap_or(false)
     }
@@ -79,18 +148,21 @@ pub fn cases_in(dir: &Path) -> anyhow::Result<Vec<Case>> {
     Ok(out)
 }
 
-/// Every case of [`golden_dir`]. Panics when the folder is missing or incomplete: CI must have it.
-pub fn cases() -> Vec<Case> {
-    let out = cases_in(&golden_dir()).unwrap();
-    assert!(
-        out.len() >= 38,
-        "expected the 38 golden cases, found {}",
-        out.len()
-    );
-    out
+/// Every case of [`golden_dir`]; an error when the folder is missing or incomplete.
+pub fn cases() -> anyhow::Result<Vec<Case>> {
+    let out = cases_in(&golden_dir())?;
+    if out.len() < CASES {
+        bail!("expected the {CASES} golden cases, found {}", out.len());
+    }
+    Ok(out)
 }
 
-/// Checks an `apply` output against expected.npy with the case's tolerances.
+/// The cases of one kind (`apply`, `distribution`, `reject`).
+pub fn cases_of(kind: &str) -> anyhow::Result<Vec<Case>> {
+    Ok(cases()?.into_iter().filter(|c| c.kind() == kind).collect())
+}
+
+/// Judges an `apply` output against expected.npy with the case's tolerances.
 pub fn check_apply(case: &Case, out: &Tensor) -> Result<(), String> {
     let expected = Tensor::read_npy(case.path("expected.npy")).map_err(|e| e.to_string())?;
     compare_logits(
@@ -107,8 +179,8 @@ fn host_f32(t: &Tensor) -> Result<Vec<f32>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// SPEC §6 / the golden README: the -inf sets are equal, there is no NaN or +inf, and every
-/// other entry satisfies `|out - expected| <= atol + rtol * |expected|`.
+/// The equality rule of the golden README: the -inf sets are equal, there is no NaN or +inf,
+/// and every other entry satisfies `|out - expected| <= atol + rtol * |expected|`.
 pub fn compare_logits(out: &Tensor, expected: &Tensor, atol: f32, rtol: f32) -> Result<(), String> {
     if out.dtype() != DType::F32 {
         return Err(format!("output dtype {:?}", out.dtype()));
@@ -171,7 +243,7 @@ pub fn check_distribution(case: &Case, per_seed: &[Vec<i64>]) -> Result<(), Stri
         .and_then(|t| t.to_vec2::<f32>())
         .map_err(|e| e.to_string())?;
     let rows = probs.len();
-    let vocab = probs[0].len();
+    let vocab = probs.first().map_or(0, |r| r.len());
     for toks in per_seed {
         if toks.len() != rows {
             return Err(format!("{} tokens for {rows} rows", toks.len()));
