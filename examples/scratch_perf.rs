@@ -57,6 +57,11 @@ fn main() -> anyhow::Result<()> {
         let ctx = SamplingContext::new(1)
             .with_history(History::from_padded_rows(&hist, &dev)?)
             .with_validation(false);
+        let y = s.apply(&x, &ctx)?;
+        let v = y.to_vec2::<f32>()?;
+        for r in &v {
+            println!("kept {}", r.iter().filter(|v| v.is_finite()).count());
+        }
         for _ in 0..3 {
             time("vall-e AR [8,1025] sample", |i| {
                 s.sample(&x, &ctx.clone().with_step(i)).unwrap();

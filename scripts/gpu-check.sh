@@ -18,7 +18,7 @@
 # Settings (environment):
 #   CARGO_TARGET_DIR    where to build (default <repo>/target/cuda; keep one per feature set,
 #                       a cold build costs ~8 min of two cores)
-#   SAMPLER_GOLDEN_DIR  the golden cases (default: <repo>/shared/golden or <repo>/../shared/golden)
+#   SAMPLER_GOLDEN_DIR  the golden cases (default: <repo>/tests/golden)
 #   GPU_CHECK_COMPRESS  1: build candle's kernels as compressed fat binaries (binary ~15 MB instead
 #                       of ~41 MB; not yet exercised on a GPU). Switching it rebuilds candle-kernels.
 #   CUDA_TOOLCHAIN_SH   the toolchain script (default: <repo>/shared/gpu/ or <repo>/../shared/gpu/)

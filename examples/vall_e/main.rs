@@ -257,10 +257,18 @@ fn main() -> Result<()> {
         s
     } else {
         let s = out.ar_time.as_secs_f64();
+        let sampling = out.ar_sampling_time.as_secs_f64();
         println!(
             "AR : {:>4} steps in {s:.3} s, {:.0} codes/s (first level)",
             out.ar_steps,
             codes as f64 / s
+        );
+        println!(
+            "AR split: sampling {:.3} s ({:.1} % of the AR time, {:.1} us a step), model {:.3} s",
+            sampling,
+            100.0 * sampling / s.max(f64::MIN_POSITIVE),
+            1e6 * sampling / out.ar_steps.max(1) as f64,
+            s - sampling
         );
         s
     };

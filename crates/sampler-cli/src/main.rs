@@ -51,8 +51,8 @@ enum Cmd {
     Selftest {
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
-        /// Folder of golden cases (default: ../shared/golden beside the source tree, or
-        /// $SAMPLER_GOLDEN_DIR).
+        /// Folder of golden cases (default: $SAMPLER_GOLDEN_DIR, or the repository's
+        /// tests/golden).
         #[arg(long)]
         golden: Option<PathBuf>,
         /// Largest vocabulary of the random batches (the full run includes [256, 128256]).

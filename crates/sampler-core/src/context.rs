@@ -194,6 +194,7 @@ impl History {
                 self.tokens.device(),
             )?;
             grown.slice_set(&self.tokens, 1, 0)?;
+            crate::diagnostics::count_ops(2);
             self.tokens = grown;
         }
         Ok(())

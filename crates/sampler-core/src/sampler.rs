@@ -727,6 +727,12 @@ fn check_output(y: &Tensor) -> Result<()> {
     let max = y.max_keepdim(D::Minus1)?.flatten_all()?.to_vec1::<f32>()?;
     for (row, m) in max.iter().enumerate() {
         if m.is_nan() {
+            // A step that measures the row (an entropy, a mean) turns a row with nothing left
+            // into NaN: the row was masked before it got there.
+            let values = y.get(row)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            if !values.iter().any(|v| v.is_finite()) {
+                return Err(SamplerError::AllMasked { row });
+            }
             return Err(SamplerError::NanLogits {
                 input: "processed logits",
                 row,

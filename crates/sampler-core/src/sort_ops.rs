@@ -3,7 +3,7 @@
 //! best-of-n and the beam candidates.
 //!
 //! candle's device sort holds a whole row in one block (CUDA: at most 8192 columns; Metal: wrong
-//! above 1024, ../shared/CANDLE-NOTES.md), so a long row is cut into chunks of [`CHUNK`]
+//! above 1024), so a long row is cut into chunks of [`CHUNK`]
 //! columns, each chunk is sorted and only its first `m` values are kept, and the survivors are
 //! sorted again until one chunk is left. Only values come back, so how a backend orders ties
 //! does not matter.

@@ -14,7 +14,6 @@ use sampler_core::{
 };
 use sampler_testkit::golden;
 
-
 fn sampler(cfg: &SamplerConfig, mode: Mode, path: ExecPath) -> Sampler {
     cfg.validate().unwrap();
     SamplerBuilder::from_config(cfg, mode)

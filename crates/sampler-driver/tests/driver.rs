@@ -525,3 +525,28 @@ fn bad_logits_from_the_model_are_errors() {
         .unwrap_err();
     assert!(e.to_string().contains("[2, 18]"), "{e}");
 }
+
+/// The same seed gives the same codes on repeated runs and whatever the size of the thread pool
+/// the CPU kernels run their rows on.
+#[test]
+fn codes_do_not_depend_on_repeats_or_the_thread_count() -> anyhow::Result<()> {
+    let driver = sampled_driver();
+    let run = |threads: usize| -> anyhow::Result<Vec<Vec<u32>>> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+        pool.install(|| {
+            let mut model = Wavy {
+                prompts: vec![1.1, 0.4, 2.5],
+                stop_at: vec![9, 4, 6],
+            };
+            let g = driver.generate(&mut model, &Rows::new(vec![3, 7, 11]), 5)?;
+            Ok((0..3)
+                .flat_map(|b| row_codes(&g.codes, b, g.lens[b]))
+                .collect())
+        })
+    };
+    let one = run(1)?;
+    assert_eq!(run(1)?, one, "a repeated run changed the codes");
+    assert_eq!(run(2)?, one, "two threads changed the codes");
+    assert_eq!(run(4)?, one, "four threads changed the codes");
+    Ok(())
+}

@@ -4,7 +4,7 @@
 //! plain path, a sequential inverse-CDF draw and the golden cases.
 //!
 //! Needs a C and a C++ compiler (`$CC` / `$CXX`, default `cc` / `c++`) with POSIX threads.
-//! Golden cases: `$SAMPLER_GOLDEN_DIR`, or ../shared/golden beside the repository.
+//! Golden cases: `$SAMPLER_GOLDEN_DIR`, or the repository's tests/golden.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

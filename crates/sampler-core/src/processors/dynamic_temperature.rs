@@ -72,6 +72,8 @@ impl DynamicTemperature {
     pub fn is_off(t: &RowParam, t_min: &RowParam) -> bool {
         match (t.scalar(), t_min.scalar()) {
             (Some(t), Some(m)) => !Self::is_dynamic(t, m),
+            // A negative minimum means "the temperature itself", whatever each row's is.
+            (None, Some(m)) => m < 0.0,
             _ => false,
         }
     }

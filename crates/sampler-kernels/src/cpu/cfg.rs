@@ -79,7 +79,7 @@ impl Row<'_, '_> {
                 };
             }
         }
-        self.changed();
+        self.replaced();
         Ok(())
     }
 }

@@ -217,8 +217,8 @@ impl Row<'_, '_> {
         if n > 0 && vocab >= 2 {
             let k = mirostat_v1_k(&self.s.cands, &mut self.s.f32s, fit as usize, mu, vocab);
             if k < n {
-                let Scratch { cands, f32s, .. } = &mut *self.s;
-                let vk = select::kth_largest_cands(cands, k, f32s);
+                let Scratch { cands, keys, .. } = &mut *self.s;
+                let vk = select::kth_largest_cands(cands, k, keys);
                 self.retain(|c, _| c.v >= vk);
             }
         }

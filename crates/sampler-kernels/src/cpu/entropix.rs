@@ -242,14 +242,19 @@ impl Row<'_, '_> {
         let count = self.s.cands.len();
         let k = (top_k.ceil().max(1.0) as usize).min(count);
         if k < count {
-            let Scratch { cands, f32s, .. } = &mut *self.s;
-            let vk = select::kth_largest_cands(cands, k, f32s);
+            let Scratch { cands, keys, .. } = &mut *self.s;
+            let vk = select::kth_largest_cands(cands, k, keys);
             self.retain(|x, _| x.v >= vk);
         }
         if top_p < 1.0 && !self.s.cands.is_empty() {
             self.cand_probs();
-            let Scratch { cands, f64b, .. } = &*self.s;
-            let last = select::top_p_last(cands, f64b, top_p as f64);
+            let Scratch {
+                cands,
+                f64b,
+                top_p: top_p_scratch,
+                ..
+            } = &mut *self.s;
+            let last = select::top_p_last(cands, f64b, top_p as f64, top_p_scratch);
             self.retain(|c, _| select::by_rank(c, &last) != std::cmp::Ordering::Greater);
         }
         if state == st::ADAPTIVE {

@@ -64,12 +64,36 @@ impl Row<'_, '_> {
             if kept >= mm {
                 self.retain(|c, _| above(c));
             } else {
-                let Scratch { cands, f32s, .. } = &mut *self.s;
-                let vm = select::kth_largest_cands(cands, mm, f32s);
+                let Scratch { cands, keys, .. } = &mut *self.s;
+                let vm = select::kth_largest_cands(cands, mm, keys);
                 self.retain(|c, _| above(c) || c.v >= vm);
             }
         } else {
             let a = min_p_floor(m, ln_p).max(self.floor());
+            if self.vals().len() <= select::SHORT_ROW && mm > 1 {
+                // On a short row one gathering pass below the cut counts the tokens above it and
+                // holds the min_tokens largest in the common case.
+                let floor = self.floor();
+                let t = ((a as f64 - (m as f64 - a as f64)) as f32).max(floor);
+                let (x, tmp, gathered) = self.dense_tmp_cands();
+                gathered.clear();
+                vector::gather_at_least(x, t, gathered);
+                let above = gathered.iter().filter(|c| c.v >= a).count();
+                if above >= mm {
+                    self.raise_floor(a, Some(above));
+                    self.set_superset(t);
+                    return;
+                }
+                if gathered.len() >= mm {
+                    tmp.clear();
+                    tmp.extend(gathered.iter().map(|c| select::key(c.v)));
+                    let kth = select::kth_largest(tmp, mm);
+                    let at_least = gathered.iter().filter(|c| c.v >= kth).count();
+                    self.raise_floor(kth, Some(at_least));
+                    self.set_superset(t);
+                    return;
+                }
+            }
             let above = vector::count_at_least(self.vals(), a);
             if above >= mm {
                 self.raise_floor(a, Some(above));
@@ -96,8 +120,8 @@ impl Row<'_, '_> {
             return;
         }
         if self.is_cands() {
-            let Scratch { cands, f32s, .. } = &mut *self.s;
-            let vk = select::kth_largest_cands(cands, k, f32s);
+            let Scratch { cands, keys, .. } = &mut *self.s;
+            let vk = select::kth_largest_cands(cands, k, keys);
             self.retain(|c, _| c.v >= vk);
         } else {
             let floor = self.floor();
@@ -130,8 +154,13 @@ impl Row<'_, '_> {
             return;
         }
         self.cand_probs();
-        let Scratch { cands, f64b, .. } = &*self.s;
-        let last = select::top_p_last(cands, f64b, top_p as f64);
+        let Scratch {
+            cands,
+            f64b,
+            top_p: top_p_scratch,
+            ..
+        } = &mut *self.s;
+        let last = select::top_p_last(cands, f64b, top_p as f64, top_p_scratch);
         self.retain(|c, _| select::by_rank(c, &last) != std::cmp::Ordering::Greater);
     }
 

@@ -95,6 +95,9 @@ impl<'a> History<'a> {
             }
             let start = src * self.tokens.stride;
             let toks = &self.tokens.data[start..start + len];
+            if (vector::max_u32(toks) as usize) < vocab {
+                continue;
+            }
             if let Some(&id) = toks.iter().find(|&&t| t as usize >= vocab) {
                 return Err(crate::error::KernelError::TokenOutOfRange {
                     what: "history",

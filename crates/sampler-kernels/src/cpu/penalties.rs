@@ -42,30 +42,43 @@ fn effects(s: &mut Scratch, hist: &[u32], recent: &[u32], divide: Option<(f32, f
         log_div,
         counts,
         effects,
+        repeated,
         ..
     } = s;
     effects.clear();
-    if let Some((log_rep, decay)) = divide {
-        if decay == 0.0 {
-            // ln(D) * 0 + ln(penalty) is ln(penalty) exactly.
-            for &t in recent {
-                log_div[t as usize] += log_rep;
-            }
-        } else {
+    let uniform = match divide {
+        // ln(D) * 0 + ln(penalty) is ln(penalty) exactly: a token's sum depends on its count
+        // only, and is the same f32 sum of that many terms, taken from `repeated`.
+        Some((log_rep, decay)) if decay == 0.0 => Some(log_rep),
+        Some((log_rep, decay)) => {
             for (j, &t) in recent.iter().enumerate() {
                 let d = (len - start - j) as f32;
                 log_div[t as usize] += d.max(1.0).ln() * decay + log_rep;
             }
+            None
         }
-    }
+        None => None,
+    };
     for &t in recent {
         counts[t as usize] += 1;
     }
+    repeated.clear();
+    repeated.push(0.0);
     for &t in recent {
         let t = t as usize;
         let c = std::mem::take(&mut counts[t]);
         if c > 0 {
-            effects.push((t as u32, std::mem::take(&mut log_div[t]), c));
+            let l = match uniform {
+                Some(log_rep) => {
+                    while repeated.len() <= c as usize {
+                        let last = repeated[repeated.len() - 1];
+                        repeated.push(last + log_rep);
+                    }
+                    repeated[c as usize]
+                }
+                None => std::mem::take(&mut log_div[t]),
+            };
+            effects.push((t as u32, l, c));
         }
     }
 }
@@ -84,12 +97,13 @@ impl Row<'_, '_> {
         Ok(())
     }
 
-    /// Applies the effects in `s.effects` with `f(value, log_div, count)`.
+    /// Applies the effects in `s.effects` (one per distinct token) with
+    /// `f(value, log_div, count)`.
     fn apply_effects(&mut self, mut f: impl FnMut(f32, f32, u32) -> f32) {
         let effects = std::mem::take(&mut self.s.effects);
         if !effects.is_empty() {
             self.editable();
-            self.edit(effects.iter().map(|e| e.0), |k, v| {
+            self.edit_distinct(effects.iter().map(|e| e.0), |k, v| {
                 *v = f(*v, effects[k].1, effects[k].2)
             });
         }

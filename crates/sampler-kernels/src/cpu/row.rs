@@ -61,6 +61,8 @@ pub(crate) struct Scratch {
     pub dense: Vec<f32>,
     pub cands: Vec<Cand>,
     pub f32s: Vec<f32>,
+    /// Order-preserving keys of values (selections).
+    pub keys: Vec<u32>,
     pub f64s: Vec<f64>,
     pub f64b: Vec<f64>,
     pub pairs: Vec<(f64, f64)>,
@@ -73,6 +75,10 @@ pub(crate) struct Scratch {
     pub counts: Vec<u32>,
     /// (token, summed log-divisor, count) of each distinct token of a window.
     pub effects: Vec<(u32, f32, u32)>,
+    /// `repeated[c]`: the f32 sum of `c` equal log-divisors, added one by one.
+    pub repeated: Vec<f32>,
+    /// Top-p's search.
+    pub top_p: super::select::TopPScratch,
     /// DRY: the longest match per id.
     pub best: Vec<u32>,
     /// Ids touched by a dense edit.
@@ -129,13 +135,13 @@ impl<'a, 's> Row<'a, 's> {
         }
     }
 
-    /// The dense values, the f32 scratch list and the candidate list, together.
-    pub fn dense_tmp_cands(&mut self) -> (&[f32], &mut Vec<f32>, &mut Vec<Cand>) {
+    /// The dense values, the key scratch list and the candidate list, together.
+    pub fn dense_tmp_cands(&mut self) -> (&[f32], &mut Vec<u32>, &mut Vec<Cand>) {
         let Scratch {
-            dense, f32s, cands, ..
+            dense, keys, cands, ..
         } = &mut *self.s;
         let x: &[f32] = if self.owned { dense } else { self.inp.x };
-        (x, f32s, cands)
+        (x, keys, cands)
     }
 
     /// The dense values and the chunk-sum scratch, together.
@@ -213,8 +219,14 @@ impl<'a, 's> Row<'a, 's> {
         self.changed();
     }
 
-    /// Values changed: forget what was derived from them (not the count: a change of value
-    /// keeps a finite value finite and -inf at -inf).
+    /// Values were replaced, some possibly by -inf: forget the count too.
+    pub fn replaced(&mut self) {
+        self.count = None;
+        self.changed();
+    }
+
+    /// Values changed: forget what was derived from them (not the count: an edit keeps a
+    /// finite value finite and -inf at -inf, see [`Row::edit`]).
     pub fn changed(&mut self) {
         self.max = None;
         self.superset = None;
@@ -291,11 +303,38 @@ impl<'a, 's> Row<'a, 's> {
                     let v = &mut dense[id as usize];
                     if *v > f32::NEG_INFINITY {
                         f(k, v);
+                        // A product that overflows to -inf leaves the kept set.
+                        if *v == f32::NEG_INFINITY {
+                            self.count = None;
+                        }
                     }
                 }
             }
             for &id in touched.iter() {
                 pos[id as usize] = u32::MAX;
+            }
+        }
+        self.changed();
+    }
+
+    /// [`Row::edit`] for ids listed once each: on dense values no bookkeeping of repeats.
+    pub fn edit_distinct(
+        &mut self,
+        ids: impl Iterator<Item = u32>,
+        mut f: impl FnMut(usize, &mut f32),
+    ) {
+        if self.cands {
+            return self.edit(ids, f);
+        }
+        debug_assert!(self.owned);
+        let dense = &mut self.s.dense;
+        for (k, id) in ids.enumerate() {
+            let v = &mut dense[id as usize];
+            if *v > f32::NEG_INFINITY {
+                f(k, v);
+                if *v == f32::NEG_INFINITY {
+                    self.count = None;
+                }
             }
         }
         self.changed();
@@ -385,10 +424,11 @@ impl<'a, 's> Row<'a, 's> {
     }
 }
 
-/// The first error among the finite-value checks of an input row.
-pub(crate) fn check_row(x: &[f32], input: &'static str, row: usize) -> Result<f32> {
+/// The first error among the finite-value checks of an input row; else its maximum and its
+/// count of finite values.
+pub(crate) fn check_row(x: &[f32], input: &'static str, row: usize) -> Result<(f32, usize)> {
     match vector::checked_max(x) {
-        Scan::Max(m) => Ok(m),
+        Scan::Max { max, finite } => Ok((max, finite)),
         Scan::Bad { id, nan: true } => Err(KernelError::NanLogit { input, row, id }),
         Scan::Bad { id, nan: false } => Err(KernelError::PosInfLogit { input, row, id }),
     }
@@ -404,7 +444,7 @@ pub(crate) fn run_row(
 ) -> Result<RowOutput> {
     let vocab = inp.x.len();
     s.fit(vocab);
-    let m = check_row(inp.x, "logits", inp.row)?;
+    let (m, finite) = check_row(inp.x, "logits", inp.row)?;
     let mut row = Row {
         inp,
         s,
@@ -413,7 +453,7 @@ pub(crate) fn run_row(
         cands: false,
         floor: ALL_FINITE,
         max: Some(m),
-        count: None,
+        count: Some(finite),
         superset: None,
         exps_for: None,
         out: RowOutput {

@@ -23,21 +23,44 @@ pub(crate) fn by_rank(a: &Cand, b: &Cand) -> Ordering {
     desc(a.v, b.v).then(a.id.cmp(&b.id))
 }
 
-/// The k-th largest of `v` with ties counted (`1 <= k <= v.len()`); reorders `v`.
-pub(crate) fn kth_largest(v: &mut [f32], k: usize) -> f32 {
-    let k = k.clamp(1, v.len());
-    *v.select_nth_unstable_by(k - 1, |a, b| desc(*a, *b)).1
+/// An order-preserving integer key of a non-NaN f32, one key for -0 and +0 (they tie as
+/// values): selections compare integers instead of floats.
+#[inline]
+pub(crate) fn key(v: f32) -> u32 {
+    let b = (v + 0.0).to_bits();
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 1 << 31
+    }
+}
+
+/// The value of a [`key`].
+#[inline]
+pub(crate) fn from_key(k: u32) -> f32 {
+    f32::from_bits(if k >> 31 == 1 { k & !(1 << 31) } else { !k })
+}
+
+/// The k-th largest of the values whose [`key`]s are `keys`, ties counted
+/// (`1 <= k <= keys.len()`); reorders `keys`.
+pub(crate) fn kth_largest(keys: &mut [u32], k: usize) -> f32 {
+    let k = k.clamp(1, keys.len());
+    let at = keys.len() - k;
+    from_key(*keys.select_nth_unstable(at).1)
 }
 
 /// The k-th largest of the candidates' values (`1 <= k <= c.len()`), using `tmp`.
-pub(crate) fn kth_largest_cands(c: &[Cand], k: usize, tmp: &mut Vec<f32>) -> f32 {
+pub(crate) fn kth_largest_cands(c: &[Cand], k: usize, tmp: &mut Vec<u32>) -> f32 {
     tmp.clear();
-    tmp.extend(c.iter().map(|x| x.v));
+    tmp.extend(c.iter().map(|x| key(x.v)));
     kth_largest(tmp, k)
 }
 
 /// Elements sampled from a long row to guess a threshold's distance from the maximum.
 const SAMPLE: usize = 64;
+
+/// Rows up to this long are searched by gathering passes rather than counting ones.
+pub(crate) const SHORT_ROW: usize = 4096;
 
 /// A k-th largest value of a dense row, with what its search gathered.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,49 +91,69 @@ pub(crate) fn kth_largest_dense(
     count: usize,
     max: f32,
     below: Option<f32>,
-    tmp: &mut Vec<f32>,
+    tmp: &mut Vec<u32>,
     gathered: &mut Vec<Cand>,
 ) -> Kth {
     let k = k.clamp(1, count.max(1));
     let cap = 4 * k + 64;
     let mut from = floor;
+    let mut done = false;
     if count > cap && max.is_finite() {
         // A value known to have fewer than k elements at or above it bounds the distance.
         let mut d = match below {
             Some(b) if b < max && b > floor => 2.0 * (max as f64 - b as f64),
             _ => first_distance(x, floor, k, count, max, tmp),
         };
-        let (mut d_lo, mut d_hi) = (0f64, f64::INFINITY);
-        for _ in 0..40 {
-            let t = ((max as f64 - d) as f32).max(floor);
-            let c = vector::count_at_least(x, t);
-            if c < k {
-                if t <= floor {
+        if x.len() <= SHORT_ROW {
+            // On a short row a gathering pass costs little more than a counting one: gather at
+            // the guess and widen it until it holds k elements.
+            loop {
+                let t = ((max as f64 - d) as f32).max(floor);
+                gathered.clear();
+                vector::gather_at_least(x, t, gathered);
+                if gathered.len() >= k || t <= floor {
+                    from = t;
+                    done = true;
                     break;
                 }
-                d_lo = d;
-                d = if d_hi.is_finite() {
-                    (d + d_hi) / 2.0
-                } else {
-                    d * 2.0
-                };
-            } else {
-                from = t;
-                if c <= cap {
-                    break;
-                }
-                d_hi = d;
-                d = (d_lo + d) / 2.0;
+                d *= 2.0;
             }
-            if d_hi - d_lo <= d_hi * 1e-12 {
-                break;
+        }
+        if !done {
+            let (mut d_lo, mut d_hi) = (0f64, f64::INFINITY);
+            for _ in 0..40 {
+                let t = ((max as f64 - d) as f32).max(floor);
+                let c = vector::count_at_least(x, t);
+                if c < k {
+                    if t <= floor {
+                        break;
+                    }
+                    d_lo = d;
+                    d = if d_hi.is_finite() {
+                        (d + d_hi) / 2.0
+                    } else {
+                        d * 2.0
+                    };
+                } else {
+                    from = t;
+                    if c <= cap {
+                        break;
+                    }
+                    d_hi = d;
+                    d = (d_lo + d) / 2.0;
+                }
+                if d_hi - d_lo <= d_hi * 1e-12 {
+                    break;
+                }
             }
         }
     }
-    gathered.clear();
-    vector::gather_at_least(x, from, gathered);
+    if !done {
+        gathered.clear();
+        vector::gather_at_least(x, from, gathered);
+    }
     tmp.clear();
-    tmp.extend(gathered.iter().map(|c| c.v));
+    tmp.extend(gathered.iter().map(|c| key(c.v)));
     let value = kth_largest(tmp, k);
     let at_least = gathered.iter().filter(|c| c.v >= value).count();
     Kth {
@@ -128,7 +171,7 @@ fn first_distance(
     k: usize,
     count: usize,
     max: f32,
-    tmp: &mut Vec<f32>,
+    tmp: &mut Vec<u32>,
 ) -> f64 {
     let stride = (x.len() / SAMPLE).max(1);
     tmp.clear();
@@ -136,7 +179,8 @@ fn first_distance(
         x.iter()
             .step_by(stride)
             .copied()
-            .filter(|&v| v >= floor && v > f32::NEG_INFINITY),
+            .filter(|&v| v >= floor && v > f32::NEG_INFINITY)
+            .map(key),
     );
     let tiny = (max.abs() as f64 * 1e-6).max(1e-6);
     if tmp.is_empty() {
@@ -161,6 +205,37 @@ const BUCKETS: usize = 1024;
 /// A window this small is sorted instead of bucketed.
 const SORTED: usize = 256;
 
+/// Buffers of [`top_p_last`].
+#[derive(Default)]
+pub(crate) struct TopPScratch {
+    weighted: Vec<Weighted>,
+    order: Vec<u64>,
+}
+
+/// Fills `order` with the window's indices in (value desc, id asc) order, each in the low 32
+/// bits: one sort of integers, then equal values (rare) put in id order.
+fn rank_order(win: &[Weighted], order: &mut Vec<u64>) {
+    order.clear();
+    order.extend(
+        win.iter()
+            .enumerate()
+            .map(|(i, x)| (u64::from(!key(x.v)) << 32) | i as u64),
+    );
+    order.sort_unstable();
+    let mut a = 0;
+    while a < order.len() {
+        let value = order[a] >> 32;
+        let mut b = a + 1;
+        while b < order.len() && order[b] >> 32 == value {
+            b += 1;
+        }
+        if b - a > 1 {
+            order[a..b].sort_unstable_by_key(|&o| win[(o & u64::from(u32::MAX)) as usize].id);
+        }
+        a = b;
+    }
+}
+
 /// Top-p over candidates with probabilities `q` (parallel to `c`): in (value desc, id asc)
 /// order a candidate is kept when the probability mass before it is `<= p`. Returns the last
 /// kept candidate: the kept set is every candidate ranked at or before it.
@@ -169,22 +244,20 @@ const SORTED: usize = 256;
 /// (highest values first): buckets above the one holding it are kept whole, buckets below
 /// dropped, and the search goes on inside that bucket, until the window is small enough to sort
 /// or is one tie group, which is split by id.
-pub(crate) fn top_p_last(c: &[Cand], q: &[f64], p: f64) -> Cand {
+pub(crate) fn top_p_last(c: &[Cand], q: &[f64], p: f64, scratch: &mut TopPScratch) -> Cand {
+    let TopPScratch { weighted: w, order } = scratch;
     if c.is_empty() {
         return Cand {
             v: f32::NEG_INFINITY,
             id: u32::MAX,
         };
     }
-    let mut w: Vec<Weighted> = c
-        .iter()
-        .zip(q)
-        .map(|(x, &q)| Weighted {
-            v: x.v,
-            id: x.id,
-            q,
-        })
-        .collect();
+    w.clear();
+    w.extend(c.iter().zip(q).map(|(x, &q)| Weighted {
+        v: x.v,
+        id: x.id,
+        q,
+    }));
     // w[..m] is the window: every candidate ranked before it is kept, with mass `before`
     // (<= p, so the window's first candidate is kept too); every one after it dropped.
     let mut m = w.len();
@@ -192,14 +265,15 @@ pub(crate) fn top_p_last(c: &[Cand], q: &[f64], p: f64) -> Cand {
     let last = loop {
         let win = &mut w[..m];
         if m <= SORTED {
-            win.sort_unstable_by(|a, b| desc(a.v, b.v).then(a.id.cmp(&b.id)));
+            rank_order(win, order);
             let mut last = win[0];
-            for x in win.iter() {
+            for &o in order.iter() {
                 if before > p {
                     break;
                 }
+                let x = win[(o & u64::from(u32::MAX)) as usize];
                 before += x.q;
-                last = *x;
+                last = x;
             }
             break last;
         }
@@ -420,7 +494,7 @@ mod tests {
                     before += q[i];
                 }
                 want.sort();
-                let last = top_p_last(&c, &q, p);
+                let last = top_p_last(&c, &q, p, &mut TopPScratch::default());
                 let mut ids: Vec<u32> = c
                     .iter()
                     .filter(|x| by_rank(x, &last) != Ordering::Greater)

@@ -51,10 +51,12 @@ impl Row<'_, '_> {
             for c in self.s.cands.iter_mut() {
                 c.v /= d;
             }
+            self.changed();
         } else {
             vector::divide(&mut self.s.dense, d);
+            // A tiny divisor can overflow a value to -inf.
+            self.replaced();
         }
-        self.changed();
     }
 
     pub(crate) fn temperature(&mut self, p: &row::Temperature<u32>) {

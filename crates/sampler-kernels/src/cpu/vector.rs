@@ -35,14 +35,15 @@ pub(crate) const ALL_FINITE: f32 = f32::MIN;
 /// What the first pass over a row found.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Scan {
-    /// The largest value (`-inf` when every value is `-inf`).
-    Max(f32),
+    /// The largest value (`-inf` when every value is `-inf`) and the number of finite values.
+    Max { max: f32, finite: usize },
     /// The first NaN or +inf, by id.
     Bad { id: usize, nan: bool },
 }
 
 multiversion! {
-    /// The row maximum, after checking that no value is NaN or +inf.
+    /// The row maximum and its count of finite values, after checking that no value is NaN
+    /// or +inf.
     pub(crate) fn checked_max(x: &[f32]) -> Scan = checked_max_body;
 }
 
@@ -51,22 +52,26 @@ fn checked_max_body(x: &[f32]) -> Scan {
     let mut m = [f32::NEG_INFINITY; LANES];
     // `v < inf` is false for NaN and +inf alike.
     let mut ok = [true; LANES];
+    let mut c = [0u32; LANES];
     let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder();
     for ch in chunks {
         for j in 0..LANES {
             m[j] = if ch[j] > m[j] { ch[j] } else { m[j] };
             ok[j] &= ch[j] < f32::INFINITY;
+            c[j] += (ch[j] > f32::NEG_INFINITY) as u32;
         }
     }
     let mut max = fold_max(&m);
     let mut good = ok.iter().all(|o| *o);
+    let mut finite: usize = c.iter().map(|&v| v as usize).sum();
     for &v in tail {
         max = if v > max { v } else { max };
         good &= v < f32::INFINITY;
+        finite += (v > f32::NEG_INFINITY) as usize;
     }
     if good {
-        return Scan::Max(max);
+        return Scan::Max { max, finite };
     }
     let id = x.iter().position(|v| !(*v < f32::INFINITY)).unwrap_or(0);
     Scan::Bad {
@@ -97,6 +102,25 @@ fn max_body(x: &[f32]) -> f32 {
     }
     tail.iter()
         .fold(fold_max(&m), |a, &b| if b > a { b } else { a })
+}
+
+multiversion! {
+    /// The largest of `x` (0 when empty).
+    pub(crate) fn max_u32(x: &[u32]) -> u32 = max_u32_body;
+}
+
+#[inline(always)]
+fn max_u32_body(x: &[u32]) -> u32 {
+    let mut m = [0u32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for j in 0..LANES {
+            m[j] = m[j].max(ch[j]);
+        }
+    }
+    tail.iter()
+        .fold(m.into_iter().fold(0, u32::max), |a, &b| a.max(b))
 }
 
 /// The number of values `>= t` (`t` finite, so `-inf` never counts).
@@ -154,19 +178,28 @@ mod avx2 {
         let tv = _mm256_set1_ps(t);
         let chunks = x.chunks_exact(8);
         let tail_at = x.len() - chunks.remainder().len();
+        // Room for every element, so that the hits are written without a capacity check each.
+        out.reserve(x.len());
+        let base = out.len();
+        let spare = out.spare_capacity_mut();
+        let mut n = 0;
         for (k, ch) in chunks.enumerate() {
             // SAFETY: `ch` holds 8 f32.
             let v = unsafe { _mm256_loadu_ps(ch.as_ptr()) };
             let mut m = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, tv)) as u32;
             while m != 0 {
                 let j = m.trailing_zeros() as usize;
-                out.push(Cand {
+                // At most one write per element of `x`, so `n < x.len() <= spare.len()`.
+                spare[n].write(Cand {
                     v: ch[j],
                     id: (k * 8 + j) as u32,
                 });
+                n += 1;
                 m &= m - 1;
             }
         }
+        // SAFETY: the first `n` spare slots were written just above.
+        unsafe { out.set_len(base + n) };
         for (j, &v) in x[tail_at..].iter().enumerate() {
             if v >= t {
                 out.push(Cand {
@@ -373,7 +406,16 @@ mod tests {
             .collect();
         let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         assert_eq!(max(&x), m);
-        assert_eq!(checked_max(&x), Scan::Max(m));
+        assert_eq!(
+            checked_max(&x),
+            Scan::Max {
+                max: m,
+                finite: 1000 - 11
+            }
+        );
+        let ids: Vec<u32> = (0..1000).map(|i| (i * 7919) % 1013).collect();
+        assert_eq!(max_u32(&ids), *ids.iter().max().unwrap());
+        assert_eq!(max_u32(&[]), 0);
         assert_eq!(
             count_at_least(&x, 0.5),
             x.iter().filter(|&&v| v >= 0.5).count()
