@@ -1,4 +1,4 @@
-//! Reading the CLI's inputs (npy in, SPEC §8) and writing its outputs atomically, so that a
+//! Reading the CLI's inputs (npy in, docs/semantics.md#cli-contract) and writing its outputs atomically, so that a
 //! failed run leaves no output file behind.
 
 use std::path::Path;

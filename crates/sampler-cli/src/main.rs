@@ -1,4 +1,4 @@
-//! The `sampler` command line (SPEC §8): `apply`, `sample`, `bench`, `selftest`.
+//! The `sampler` command line (docs/semantics.md#cli-contract, manual in docs/cli.md): `apply`, `sample`, `bench`, `selftest`.
 //! Every failure prints one line to stderr, exits with status 1 and writes no output file.
 
 use std::path::PathBuf;

@@ -50,7 +50,7 @@ impl Summary {
     }
 }
 
-/// SPEC §6: tokens must be identical except where two candidates' cumulative boundaries differ
+/// docs/semantics.md#equality-rules: tokens must be identical except where two candidates' cumulative boundaries differ
 /// by less than float rounding, at a rate below 0.1 %.
 fn compare_tokens(a: &Tensor, b: &Tensor) -> Result<String, String> {
     let host = |t: &Tensor| {

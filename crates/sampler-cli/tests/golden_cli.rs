@@ -98,7 +98,6 @@ fn every_golden_case_passes_through_the_cli_on_both_paths() {
     let all = cases().expect("the golden cases of tests/golden");
     for path in PATHS {
         for case in &all {
-            let case = case;
             let res = match case.kind() {
                 "apply" => {
                     let out = tmp(case, "apply");

@@ -35,16 +35,31 @@ impl Gen {
 
 fn random_config(g: &mut Gen) -> String {
     let keys: [(&str, &[Value]); 14] = [
-        ("temperature", &[json!(0.0), json!(0.8), json!(-1.0), json!("hot")]),
-        ("top_k", &[json!(0), json!(3), json!(1_000_000), json!(-5), json!(1.5)]),
+        (
+            "temperature",
+            &[json!(0.0), json!(0.8), json!(-1.0), json!("hot")],
+        ),
+        (
+            "top_k",
+            &[json!(0), json!(3), json!(1_000_000), json!(-5), json!(1.5)],
+        ),
         ("top_p", &[json!(0.0), json!(0.9), json!(1.0), json!(1.5)]),
         ("min_p", &[json!(0.0), json!(0.1), json!(-0.1)]),
         ("typical_p", &[json!(0.5), json!(1.0), json!(2.0)]),
         ("repetition_penalty", &[json!(1.0), json!(1.5), json!(0.0)]),
-        ("repetition_penalty_window", &[json!(75), json!(0), json!(-3)]),
-        ("repetition_penalty_mode", &[json!("divide"), json!("sign_aware"), json!(3)]),
+        (
+            "repetition_penalty_window",
+            &[json!(75), json!(0), json!(-3)],
+        ),
+        (
+            "repetition_penalty_mode",
+            &[json!("divide"), json!("sign_aware"), json!(3)],
+        ),
         ("ban_tokens", &[json!([0]), json!([99999]), json!("all")]),
-        ("logit_bias", &[json!({"1": 3.0}), json!({"x": 1.0}), json!({"99999": 1.0})]),
+        (
+            "logit_bias",
+            &[json!({"1": 3.0}), json!({"x": 1.0}), json!({"99999": 1.0})],
+        ),
         ("xtc_probability", &[json!(0.5), json!(2.0)]),
         ("mirostat", &[json!(0), json!(2), json!(7)]),
         ("dry_multiplier", &[json!(0.8), json!(-1.0)]),
@@ -105,7 +120,11 @@ fn random_history(g: &mut Gen, rows: usize, vocab: usize, nar: bool) -> Tensor {
             }
         })
         .collect();
-    let (r, w) = if nar { (1, hrows * width) } else { (hrows, width) };
+    let (r, w) = if nar {
+        (1, hrows * width)
+    } else {
+        (hrows, width)
+    };
     Tensor::from_vec(v, (r, w), &Device::Cpu).unwrap()
 }
 
@@ -184,5 +203,8 @@ fn random_inputs_keep_the_cli_contract() {
     }
     std::fs::remove_dir_all(&dir).ok();
     println!("{cases} CLI runs, 0 panics ({ok} succeeded, {failed} refused)");
-    assert!(ok > 0 && failed > 0, "the generator must produce both outcomes");
+    assert!(
+        ok > 0 && failed > 0,
+        "the generator must produce both outcomes"
+    );
 }

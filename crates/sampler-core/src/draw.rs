@@ -29,6 +29,17 @@ pub struct Drawn {
     pub logprobs: Tensor,
 }
 
+impl Drawn {
+    /// The draw of a batch without rows.
+    pub(crate) fn empty(device: &candle_core::Device) -> Result<Self> {
+        Ok(Self {
+            tokens: Tensor::zeros(0, candle_core::DType::U32, device)?,
+            probs: Tensor::zeros(0, candle_core::DType::F32, device)?,
+            logprobs: Tensor::zeros(0, candle_core::DType::F32, device)?,
+        })
+    }
+}
+
 /// The selector of a plain draw: greedy or multinomial, per row.
 #[derive(Clone, Debug)]
 pub struct Draw {
@@ -114,6 +125,9 @@ pub fn uniforms(
 pub fn draw(logits: &Tensor, greedy: &RowParam, ctx: &SamplingContext) -> Result<Drawn> {
     let (rows, _) = logits.dims2()?;
     let dev = logits.device();
+    if rows == 0 {
+        return Drawn::empty(dev);
+    }
     let dt = decision_dtype(dev);
     let logp = log_softmax(&logits.to_dtype(dt)?)?;
     let probs = logp.exp()?;

@@ -426,6 +426,9 @@ impl Sampler {
     /// The processed logits `[rows, vocab]` f32: the chain and the selector's distribution.
     pub fn apply(&self, logits: &Tensor, ctx: &SamplingContext) -> Result<Tensor> {
         let x = prepare(logits, ctx, self.path)?;
+        if x.dim(0)? == 0 {
+            return Ok(x);
+        }
         let key = self.key(&x, false)?;
         let device = x.device().clone();
         let y = self.with_plan(key, &device, |plan| {
@@ -433,7 +436,7 @@ impl Sampler {
             let mut x = x;
             for part in &plan.parts {
                 x = match part {
-                    Part::Plain(i) => self.chain.steps()[*i].apply(&x, ctx)?,
+                    Part::Plain(i) => saturate(&self.chain.steps()[*i].apply(&x, ctx)?)?,
                     Part::PlainSelector => self.selector.distribution(&x, ctx)?,
                     Part::Fused(seg) => {
                         let out = seg.run(&x, ctx, row_ids.as_ref(), Emit::Logits)?;
@@ -459,6 +462,9 @@ impl Sampler {
     pub fn sample(&mut self, logits: &Tensor, ctx: &SamplingContext) -> Result<Drawn> {
         let x = prepare(logits, ctx, self.path)?;
         let (rows, _) = x.dims2()?;
+        if rows == 0 {
+            return Drawn::empty(x.device());
+        }
         let key = self.key(&x, true)?;
         let device = x.device().clone();
         let chain_len = self.chain.len();
@@ -480,7 +486,7 @@ impl Sampler {
         let mut drawn = None;
         for part in &plan.parts {
             match part {
-                Part::Plain(i) => x = self.chain.steps()[*i].apply(&x, ctx)?,
+                Part::Plain(i) => x = saturate(&self.chain.steps()[*i].apply(&x, ctx)?)?,
                 Part::PlainSelector => {
                     if checks_on_host(&x, ctx, self.path) {
                         check_output(&x)?;
@@ -717,6 +723,15 @@ fn check_history(ctx: &SamplingContext, vocab: usize, x: &Tensor) -> Result<()> 
         });
     }
     Ok(())
+}
+
+/// Values a step pushed past f32's range upward become the largest finite value, as on the
+/// fused path: a +inf logit leaves the distribution undefined, the saturated row keeps its
+/// limit (all mass on its largest logits).
+fn saturate(x: &Tensor) -> Result<Tensor> {
+    // Not `minimum`: NaN must stay NaN to be reported.
+    let over = x.gt(f32::MAX)?;
+    Ok(over.where_cond(&Tensor::full(f32::MAX, x.shape(), x.device())?, x)?)
 }
 
 /// Rejects rows whose every processed logit is -inf (a host read).

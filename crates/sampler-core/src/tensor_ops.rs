@@ -109,7 +109,7 @@ pub(crate) fn kth_largest(x: &Tensor, k: &Tensor) -> Result<Tensor> {
     Ok(hi_ok.where_cond(&hi, &lo)?)
 }
 
-/// Keep-mask of top-p (SPEC §4): in logit-descending order, ties by lower id first, a token is
+/// Keep-mask of top-p (docs/semantics.md#top-p): in logit-descending order, ties by lower id first, a token is
 /// kept when the probability mass of the tokens before it is <= p. `probs` is the softmax of `x`.
 pub(crate) fn top_p_keep(x: &Tensor, probs: &Tensor, p: &Tensor) -> Result<Tensor> {
     let fin = finite(x)?;

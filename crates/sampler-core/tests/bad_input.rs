@@ -143,3 +143,34 @@ fn unknown_config_keys() {
     let err = SamplerConfig::from_json(r#"{"temperature": 1.0, "top_kk": 3}"#).unwrap_err();
     assert!(err.to_string().contains("unknown field"), "{err}");
 }
+
+/// A step that pushes a finite logit past f32's range saturates at the largest finite value on
+/// both paths, so the draw stays defined: all mass on the saturated token, never a NaN.
+#[test]
+fn upward_overflow_saturates_on_both_paths() {
+    use sampler_core::ExecPath;
+    let x = Tensor::new(&[[3e38f32, -1.187, 1.878], [0.1, 0.2, 0.3]], &Device::Cpu).unwrap();
+    for path in [ExecPath::Plain, ExecPath::Fused] {
+        for cfg in [
+            r#"{"dynatemp_range": 1.0}"#,
+            r#"{"temperature": 0.01}"#,
+            r#"{"temperature": 0.01, "top_k": 2}"#,
+            r#"{"logit_bias": {"0": 3e38}}"#,
+        ] {
+            let c: SamplerConfig = serde_json::from_str(cfg).unwrap();
+            let mut s = SamplerBuilder::from_config(&c, Mode::Ar)
+                .path(path)
+                .build()
+                .unwrap();
+            let out = s.apply(&x, &SamplingContext::new(1)).unwrap();
+            assert_eq!(
+                out.to_vec2::<f32>().unwrap()[0][0],
+                f32::MAX,
+                "{path:?} {cfg}"
+            );
+            let d = s.sample(&x, &SamplingContext::new(1)).unwrap();
+            assert_eq!(d.tokens.to_vec1::<u32>().unwrap()[0], 0, "{path:?} {cfg}");
+            assert_eq!(d.probs.to_vec1::<f32>().unwrap()[0], 1.0, "{path:?} {cfg}");
+        }
+    }
+}

@@ -106,7 +106,11 @@ fn penalty_last_n_is_window_n_plus_one() {
         let want = llama_cpp_penalties(&LOGITS, h, n, 2.0, 0.0, 0.0);
         // The last n tokens of the history, no more and no fewer.
         let last_n: HashSet<usize> = h[h.len() - n..].iter().map(|&t| t as usize).collect();
-        assert_eq!(changed(&LOGITS, &want), last_n, "the reference itself, n = {n}");
+        assert_eq!(
+            changed(&LOGITS, &want),
+            last_n,
+            "the reference itself, n = {n}"
+        );
         for path in PATHS {
             let got = apply(&cfg, path, &LOGITS, h);
             assert_eq!(changed(&LOGITS, &got), last_n, "n = {n}, {path:?}");
@@ -127,7 +131,11 @@ fn window_n_alone_covers_one_token_less() {
     }));
     let want: HashSet<usize> = h[h.len() - (n - 1)..].iter().map(|&t| t as usize).collect();
     for path in PATHS {
-        assert_eq!(changed(&LOGITS, &apply(&cfg, path, &LOGITS, h)), want, "{path:?}");
+        assert_eq!(
+            changed(&LOGITS, &apply(&cfg, path, &LOGITS, h)),
+            want,
+            "{path:?}"
+        );
     }
 }
 
@@ -219,6 +227,10 @@ fn llama_cpp_top_n_sigma_converts_by_the_square_root_of_n_minus_one_over_n() {
     let llama_cpp = sigma_keep(&SIGMA_ROW, SIGMA_K, |n| n);
     let cfg = config(json!({ "top_no": SIGMA_K * ((n - 1.0) / n).sqrt() }));
     for path in PATHS {
-        assert_eq!(kept(&apply(&cfg, path, &SIGMA_ROW, &[])), llama_cpp, "{path:?}");
+        assert_eq!(
+            kept(&apply(&cfg, path, &SIGMA_ROW, &[])),
+            llama_cpp,
+            "{path:?}"
+        );
     }
 }

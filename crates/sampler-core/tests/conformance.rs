@@ -539,8 +539,12 @@ fn mirostat_state_after_50_steps_is_the_same_on_every_implementation() {
                     })
                     .collect();
                 let ctx = SamplingContext::new(77).with_step(step);
-                let a = reference.sample(&tensor(&rows, rows[0].len(), &cpu), &ctx).unwrap();
-                let b = other.sample(&tensor(&rows, rows[0].len(), &imp.device), &ctx).unwrap();
+                let a = reference
+                    .sample(&tensor(&rows, rows[0].len(), &cpu), &ctx)
+                    .unwrap();
+                let b = other
+                    .sample(&tensor(&rows, rows[0].len(), &imp.device), &ctx)
+                    .unwrap();
                 assert_eq!(
                     a.tokens.to_vec1::<u32>().unwrap(),
                     b.tokens.to_vec1::<u32>().unwrap(),

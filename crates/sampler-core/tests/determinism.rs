@@ -84,11 +84,27 @@ fn repeated_runs_and_thread_counts_give_the_same_tokens() {
     let rows: Vec<usize> = (0..64).collect();
     for path in [ExecPath::Fused, ExecPath::Plain] {
         let first = in_pool(1, || draw(path, &rows, 11));
-        assert_eq!(in_pool(1, || draw(path, &rows, 11)), first, "{path:?} repeat");
-        assert_eq!(in_pool(2, || draw(path, &rows, 11)), first, "{path:?} 2 threads");
-        assert_eq!(in_pool(3, || draw(path, &rows, 11)), first, "{path:?} 3 threads");
+        assert_eq!(
+            in_pool(1, || draw(path, &rows, 11)),
+            first,
+            "{path:?} repeat"
+        );
+        assert_eq!(
+            in_pool(2, || draw(path, &rows, 11)),
+            first,
+            "{path:?} 2 threads"
+        );
+        assert_eq!(
+            in_pool(3, || draw(path, &rows, 11)),
+            first,
+            "{path:?} 3 threads"
+        );
         // The tokens are drawn, not fixed: another seed moves some of them.
-        assert_ne!(in_pool(2, || draw(path, &rows, 12)), first, "{path:?} seed ignored");
+        assert_ne!(
+            in_pool(2, || draw(path, &rows, 12)),
+            first,
+            "{path:?} seed ignored"
+        );
     }
 }
 
@@ -155,8 +171,15 @@ fn gpus_give_the_cpu_tokens() {
                 .zip(gpu.iter().flatten())
                 .filter(|(a, b)| a != b)
                 .count();
-            assert!(differ <= 1, "{name} {path:?}: {differ} draws differ from the CPU");
-            assert_eq!(draw_on(&device, path, &rows, 8), gpu, "{name} {path:?} repeat");
+            assert!(
+                differ <= 1,
+                "{name} {path:?}: {differ} draws differ from the CPU"
+            );
+            assert_eq!(
+                draw_on(&device, path, &rows, 8),
+                gpu,
+                "{name} {path:?} repeat"
+            );
         }
     }
 }

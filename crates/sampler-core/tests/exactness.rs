@@ -78,7 +78,10 @@ fn typical_p_orders_scores_that_differ_by_less_than_1e_5() {
         .expect("a close pair exists among 32000 flat logits");
     let (a, b) = (order[at], order[at + 1]);
     let before: f64 = order[..at].iter().map(|&i| p[i]).sum();
-    assert!(before + p[b] >= before + p[a] / 2.0, "swapping would keep b");
+    assert!(
+        before + p[b] >= before + p[a] / 2.0,
+        "swapping would keep b"
+    );
     // The cut falls inside a: a is the token that reaches the mass, b is not kept.
     let mass = before + p[a] / 2.0;
     let want = keep_until(&order, &p, mass);
@@ -86,7 +89,12 @@ fn typical_p_orders_scores_that_differ_by_less_than_1e_5() {
     for path in [ExecPath::Plain, ExecPath::Fused] {
         let got = kept_by_sampler(serde_json::json!({ "typical_p": mass }), &l, path);
         assert_eq!(got.len(), want.len(), "{path:?}: kept count");
-        assert_eq!(got, want, "{path:?}: kept set (pair {a} / {b}, gap {:e})", score[b] - score[a]);
+        assert_eq!(
+            got,
+            want,
+            "{path:?}: kept set (pair {a} / {b}, gap {:e})",
+            score[b] - score[a]
+        );
     }
 }
 
@@ -139,7 +147,11 @@ fn top_n_sigma_keeps_a_logit_just_inside_the_threshold() {
 fn next_up(x: f32) -> f32 {
     let mut y = x;
     while y as f64 <= x as f64 {
-        y = f32::from_bits(if y >= 0.0 { y.to_bits() + 1 } else { y.to_bits() - 1 });
+        y = f32::from_bits(if y >= 0.0 {
+            y.to_bits() + 1
+        } else {
+            y.to_bits() - 1
+        });
     }
     y
 }
@@ -147,7 +159,11 @@ fn next_up(x: f32) -> f32 {
 fn next_down(x: f32) -> f32 {
     let mut y = x;
     while y as f64 >= x as f64 {
-        y = f32::from_bits(if y > 0.0 { y.to_bits() - 1 } else { y.to_bits() + 1 });
+        y = f32::from_bits(if y > 0.0 {
+            y.to_bits() - 1
+        } else {
+            y.to_bits() + 1
+        });
     }
     y
 }

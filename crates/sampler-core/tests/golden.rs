@@ -43,7 +43,6 @@ fn every_golden_case_passes_through_the_library_on_both_paths() {
     let cases = cases().expect("the golden cases of tests/golden");
     for path in [ExecPath::Fused, ExecPath::Plain] {
         for case in &cases {
-            let case = case;
             let res = match case.kind() {
                 "apply" => run(case, path, None).and_then(|y| check_apply(case, &y)),
                 "distribution" => {

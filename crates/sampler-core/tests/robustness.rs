@@ -6,7 +6,7 @@
 //! through both paths with validation on and off. Every call must return `Ok` or a typed error;
 //! never a panic, never a NaN token, probability or processed logit.
 //!
-//! `SAMPLER_ROBUSTNESS_CASES` sets the number of cases (default 2000) and
+//! `SAMPLER_ROBUSTNESS_CASES` sets the number of cases (default 3000) and
 //! `SAMPLER_ROBUSTNESS_SECONDS` bounds the run by time instead; `scripts/fuzz.sh` runs it long.
 
 use std::cell::Cell;
@@ -239,7 +239,14 @@ fn random_case(g: &mut Gen, keys: &[String]) -> Case {
             (knob, len, dtype, v)
         })
         .collect();
-    let dtype = g.pick(&[DType::F32, DType::F32, DType::F32, DType::F16, DType::BF16, DType::F64]);
+    let dtype = g.pick(&[
+        DType::F32,
+        DType::F32,
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::F64,
+    ]);
     Case {
         config: random_config(g, keys),
         mode,
@@ -278,13 +285,9 @@ fn nan_free(t: &Tensor, what: &str) -> Result<(), String> {
     }
 }
 
+/// `[rows, vocab]`; in NAR mode the rows are the positions of one sequence.
 fn shaped(case: &Case, data: &[f32], rows: usize) -> candle_core::Result<Tensor> {
-    let t = match case.mode {
-        Mode::Ar => Tensor::from_slice(data, (rows, case.vocab), &Device::Cpu)?,
-        // NAR: one sequence of `rows` positions.
-        Mode::Nar => Tensor::from_slice(data, (1, rows, case.vocab), &Device::Cpu)?,
-    };
-    t.to_dtype(case.dtype)
+    Tensor::from_slice(data, (rows, case.vocab), &Device::Cpu)?.to_dtype(case.dtype)
 }
 
 /// Runs one case; `Err` is a harness failure (a NaN output, a wrong token, an untyped error).
@@ -329,7 +332,11 @@ fn run(case: &Case) -> Result<Outcome, String> {
         Err(e) => return Ok(Outcome::Rejected(e)),
     };
     if out.dims() != logits.dims() {
-        return Err(format!("apply: shape {:?} for {:?}", out.dims(), logits.dims()));
+        return Err(format!(
+            "apply: shape {:?} for {:?}",
+            out.dims(),
+            logits.dims()
+        ));
     }
     if case.validate {
         nan_free(&out, "processed logits")?;
@@ -352,7 +359,11 @@ fn run(case: &Case) -> Result<Outcome, String> {
     nan_free(&drawn.probs, "probabilities")?;
     nan_free(&drawn.logprobs, "logprobs")?;
     let probs = drawn.probs.flatten_all().and_then(|t| t.to_vec1::<f32>());
-    if let Some(p) = probs.map_err(|e| e.to_string())?.iter().find(|p| !(0.0..=1.0).contains(*p)) {
+    if let Some(p) = probs
+        .map_err(|e| e.to_string())?
+        .iter()
+        .find(|p| !(0.0..=1.0).contains(*p))
+    {
         return Err(format!("probability {p} outside [0, 1]"));
     }
     Ok(Outcome::Ok)
@@ -376,7 +387,7 @@ fn budget() -> (u32, Option<Duration>) {
     let cases = std::env::var("SAMPLER_ROBUSTNESS_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(3000);
     let secs = std::env::var("SAMPLER_ROBUSTNESS_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -393,7 +404,10 @@ fn round(keys: &[String], cases: u32, seed: u64) -> Result<(u64, u64), String> {
             max_shrink_iters: 0,
             ..ProptestConfig::default()
         },
-        TestRng::from_seed(RngAlgorithm::ChaCha, &[seed.to_le_bytes(), [7; 8], [9; 8], [11; 8]].concat()),
+        TestRng::from_seed(
+            RngAlgorithm::ChaCha,
+            &[seed.to_le_bytes(), [7; 8], [9; 8], [11; 8]].concat(),
+        ),
     );
     let (done, rejected) = (Cell::new(0u64), Cell::new(0u64));
     let result = runner.run(&proptest::num::u64::ANY, |seed| {

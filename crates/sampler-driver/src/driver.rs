@@ -426,7 +426,7 @@ impl Driver {
                 .map_err(|e| DriverError::model(format!("NAR level {level}"), e))?;
             check_logits(&logits, &[batch, t_max, plan.vocab], "NAR level")?;
             let logits = at.gather(&logits)?;
-            // Position j sees the previous level before j (SPEC §4): its history is the
+            // Position j sees the previous level before j (docs/semantics.md#histories): its history is the
             // previous level of its sequence with length j.
             // Every position of a sequence reads the sequence's previous level: shared rows.
             let previous = codes.i((.., .., level - 1))?.contiguous()?;

@@ -6,9 +6,9 @@
 //! stopped" flag only every [`DriverConfig::stop_check_interval`] steps. A row that stops stays
 //! in the batch with its codes and length fixed. Each NAR level is one chain call over every
 //! position of every row (stop token banned, repetition penalty against the previous level,
-//! SPEC §4). Instead of the AR loop, the first level may come from the masked ("NAR-len")
+//! docs/semantics.md#histories). Instead of the AR loop, the first level may come from the masked ("NAR-len")
 //! stage ([`Level0::Masked`]): a duration per sequence, then iterative demasking of every
-//! position ([`masked`], docs/driver-masked.md).
+//! position ([`masked`], docs/driver.md#the-masked-stage).
 //!
 //! ```no_run
 //! use sampler_driver::{CodecLm, Driver, DriverConfig, Rows};
@@ -19,7 +19,7 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod config;
 pub mod driver;

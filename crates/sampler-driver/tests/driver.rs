@@ -532,7 +532,9 @@ fn bad_logits_from_the_model_are_errors() {
 fn codes_do_not_depend_on_repeats_or_the_thread_count() -> anyhow::Result<()> {
     let driver = sampled_driver();
     let run = |threads: usize| -> anyhow::Result<Vec<Vec<u32>>> {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
         pool.install(|| {
             let mut model = Wavy {
                 prompts: vec![1.1, 0.4, 2.5],

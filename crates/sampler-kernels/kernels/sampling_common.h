@@ -7,7 +7,7 @@
  * made from values every thread reads from shared memory in the same order, so they are
  * uniform across the block and barriers are always reached by every thread.
  *
- * The semantics are those of the plain tensor path of sampler-core (SPEC sections 4-6):
+ * The semantics are those of the plain tensor path of sampler-core (docs/semantics.md: processors, the draw, equality rules):
  *   filter  = min-p -> top-k -> top-p -> temperature (dynamic or plain) -> top-n-sigma
  *   sample  = filter, then the draw (greedy or Philox inverse CDF)
  *   penalties = repetition (divide or sign-aware) -> frequency/presence -> length -> bias

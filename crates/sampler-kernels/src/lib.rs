@@ -19,7 +19,7 @@
 //! [`KernelError`]: NaN or +inf logits, a row to draw from whose every logit is -inf, token ids
 //! at or above the vocabulary.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod cpu;
 #[cfg(feature = "cuda")]

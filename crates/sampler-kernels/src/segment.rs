@@ -514,8 +514,12 @@ struct AppendOp<'a> {
     append: Append<'a>,
     rows: usize,
     vocab: usize,
-    result: Mutex<Option<Result<(cpu::Output, Vec<u32>, Option<Vec<u8>>)>>>,
+    result: Mutex<Option<Result<AppendResult>>>,
 }
+
+/// What the append op leaves for the caller: the row outputs, the new lengths and, with stop
+/// flags, the new flags.
+type AppendResult = (cpu::Output, Vec<u32>, Option<Vec<u8>>);
 
 impl InplaceOp1 for AppendOp<'_> {
     fn name(&self) -> &'static str {

@@ -3,6 +3,7 @@
 //! with the standard deviations (N - 1, f64) over the tokens finite in both.
 
 use super::row::{check_row, Row};
+use super::vector;
 use crate::error::{invalid, Result};
 use crate::spec::row;
 
@@ -38,7 +39,7 @@ impl Row<'_, '_> {
             invalid("classifier-free guidance needs the null logits (the unconditional run)")
         })?;
         check_row(null, "null logits", self.inp.row)?;
-        let guide = |pos: f32, nul: f32| nul + (pos - nul) * strength;
+        let guide = |pos: f32, nul: f32| vector::saturate(nul + (pos - nul) * strength);
         self.editable();
         if self.is_cands() {
             self.retain(|c, _| null[c.id as usize] > f32::NEG_INFINITY);

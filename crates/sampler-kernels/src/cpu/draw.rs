@@ -144,8 +144,7 @@ impl Row<'_, '_> {
                 for (i, c) in cands.iter().enumerate() {
                     f64b[c.id as usize] = i as f64;
                 }
-                for id in 0..vocab {
-                    let at = f64b[id];
+                for &at in f64b.iter() {
                     if at >= 0.0 {
                         let i = at as usize;
                         if step(i, f64s[i]) {
@@ -187,7 +186,7 @@ impl Row<'_, '_> {
         let (tau, eta, greedy) = (self.p(p.tau), self.p(p.eta), self.p(p.greedy) >= 0.5);
         let mu = self.mu(tau);
         self.out.mu = mu;
-        self.to_cands();
+        self.make_cands();
         if !self.s.cands.is_empty() {
             let m = self.max();
             let ln_s = self.cand_exps().ln();
@@ -212,7 +211,7 @@ impl Row<'_, '_> {
         let mu = self.mu(tau);
         self.out.mu = mu;
         let vocab = self.vocab;
-        self.to_cands();
+        self.make_cands();
         let n = self.s.cands.len();
         if n > 0 && vocab >= 2 {
             let k = mirostat_v1_k(&self.s.cands, &mut self.s.f32s, fit as usize, mu, vocab);

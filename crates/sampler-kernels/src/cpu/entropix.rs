@@ -164,7 +164,7 @@ impl Row<'_, '_> {
         if !(c.n_adaptive_samples >= 1.0) {
             return Err(invalid("entropix n_adaptive_samples must be >= 1"));
         }
-        self.to_cands();
+        self.make_cands();
         let attention = self.inp.attention;
         let mut metrics = [0f32; crate::spec::ENTROPIX_METRICS];
         metrics[em::ATTN_ENTROPY] = attention[0];

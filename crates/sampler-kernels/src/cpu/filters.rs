@@ -149,7 +149,7 @@ impl Row<'_, '_> {
         if !(top_p < 1.0) {
             return;
         }
-        self.to_cands();
+        self.make_cands();
         if self.s.cands.is_empty() {
             return;
         }
@@ -171,7 +171,7 @@ impl Row<'_, '_> {
         if !(typical < 1.0) {
             return;
         }
-        self.to_cands();
+        self.make_cands();
         if self.s.cands.is_empty() {
             return;
         }
@@ -221,7 +221,7 @@ impl Row<'_, '_> {
         if !(u < probability) {
             return;
         }
-        self.to_cands();
+        self.make_cands();
         if self.s.cands.len() < 2 {
             return;
         }
@@ -256,7 +256,7 @@ impl Row<'_, '_> {
         if !(n > 0.0) {
             return;
         }
-        self.to_cands();
+        self.make_cands();
         let cands = &self.s.cands;
         if cands.is_empty() {
             return;

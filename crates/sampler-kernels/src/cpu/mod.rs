@@ -2,6 +2,10 @@
 //! parallel on rayon's pool when there is enough work, per-thread scratch buffers that live as
 //! long as the thread (the hot loop allocates nothing per row).
 
+// The row stages test their parameters as `!(x > 0.0)` on purpose: a NaN parameter reads
+// as "off", the same answer as the plain path's comparisons give.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 mod cfg;
 mod draw;
 pub(crate) mod entropix;
@@ -110,10 +114,15 @@ impl<'a> History<'a> {
     }
 
     fn token_rows(&self) -> usize {
-        if self.tokens.stride == 0 {
-            1
-        } else {
-            self.tokens.data.len().saturating_sub(self.tokens.cols) / self.tokens.stride + 1
+        match self
+            .tokens
+            .data
+            .len()
+            .saturating_sub(self.tokens.cols)
+            .checked_div(self.tokens.stride)
+        {
+            None => 1,
+            Some(n) => n + 1,
         }
     }
 

@@ -3,6 +3,7 @@
 //! of its list or of the row's history window, in place on the dense row or on the candidates.
 
 use super::row::{Row, Scratch};
+use super::vector;
 use crate::error::{KernelError, Result};
 use crate::spec::{row, DryTables, StopToken};
 
@@ -49,7 +50,7 @@ fn effects(s: &mut Scratch, hist: &[u32], recent: &[u32], divide: Option<(f32, f
     let uniform = match divide {
         // ln(D) * 0 + ln(penalty) is ln(penalty) exactly: a token's sum depends on its count
         // only, and is the same f32 sum of that many terms, taken from `repeated`.
-        Some((log_rep, decay)) if decay == 0.0 => Some(log_rep),
+        Some((log_rep, 0.0)) => Some(log_rep),
         Some((log_rep, decay)) => {
             for (j, &t) in recent.iter().enumerate() {
                 let d = (len - start - j) as f32;
@@ -93,7 +94,9 @@ impl Row<'_, '_> {
     pub(crate) fn logit_bias(&mut self, entries: &[(u32, f32)]) -> Result<()> {
         check_ids(entries.iter().map(|e| e.0), "logit_bias", self.vocab)?;
         self.editable();
-        self.edit(entries.iter().map(|e| e.0), |k, v| *v += entries[k].1);
+        self.edit(entries.iter().map(|e| e.0), |k, v| {
+            *v = vector::saturate(*v + entries[k].1)
+        });
         Ok(())
     }
 
@@ -129,9 +132,9 @@ impl Row<'_, '_> {
                 if slot.0 != count {
                     *slot = (count, log_div.exp());
                 }
-                return v / slot.1;
+                return vector::saturate(v / slot.1);
             }
-            v / log_div.exp()
+            vector::saturate(v / log_div.exp())
         });
     }
 
@@ -142,7 +145,9 @@ impl Row<'_, '_> {
             return;
         }
         effects(self.s, hist, window(hist, w), None);
-        self.apply_effects(|v, _, _| if v > 0.0 { v / penalty } else { v * penalty });
+        self.apply_effects(|v, _, _| {
+            vector::saturate(if v > 0.0 { v / penalty } else { v * penalty })
+        });
     }
 
     pub(crate) fn frequency_presence(&mut self, p: &row::FrequencyPresence<u32>) {

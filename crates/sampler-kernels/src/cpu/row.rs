@@ -187,7 +187,7 @@ impl<'a, 's> Row<'a, 's> {
     }
 
     /// Turns the kept set into candidates.
-    pub fn to_cands(&mut self) {
+    pub fn make_cands(&mut self) {
         if self.cands {
             return;
         }
@@ -211,7 +211,7 @@ impl<'a, 's> Row<'a, 's> {
     pub fn editable(&mut self) {
         if !self.cands {
             if self.floor > ALL_FINITE {
-                self.to_cands();
+                self.make_cands();
             } else {
                 self.own();
             }

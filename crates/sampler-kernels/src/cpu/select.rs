@@ -416,7 +416,7 @@ mod tests {
         let mut s = 0x9e37_79b9_7f4a_7c15u64;
         for case in 0..40 {
             let n = [100usize, 3000, 40_000][case % 3];
-            let levels = [3u64, 50, 1 << 30][case % 3 / 1 % 3];
+            let levels = [3u64, 50, 1 << 30][case / 3 % 3];
             let x: Vec<f32> = (0..n)
                 .map(|i| {
                     if i % 11 == 3 {

@@ -49,7 +49,7 @@ impl Row<'_, '_> {
         self.editable();
         if self.is_cands() {
             for c in self.s.cands.iter_mut() {
-                c.v /= d;
+                c.v = vector::saturate(c.v / d);
             }
             self.changed();
         } else {
@@ -74,7 +74,7 @@ impl Row<'_, '_> {
             }
             return;
         }
-        self.to_cands();
+        self.make_cands();
         if self.s.cands.is_empty() {
             return;
         }
@@ -90,7 +90,7 @@ impl Row<'_, '_> {
             }
             return;
         }
-        self.to_cands();
+        self.make_cands();
         let n = self.s.cands.len();
         if n <= 1 {
             return;

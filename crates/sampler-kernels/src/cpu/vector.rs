@@ -255,14 +255,27 @@ pub(crate) fn gather_at_least(x: &[f32], t: f32, out: &mut Vec<super::select::Ca
 }
 
 multiversion! {
-    /// `x[i] /= d` for every i (`-inf` stays `-inf` for `d > 0`).
+    /// `x[i] /= d` for every i, saturated (`-inf` stays `-inf` for `d > 0`).
     pub(crate) fn divide(x: &mut [f32], d: f32) -> () = divide_body;
 }
 
 #[inline(always)]
 fn divide_body(x: &mut [f32], d: f32) {
     for v in x.iter_mut() {
-        *v /= d;
+        *v = saturate(*v / d);
+    }
+}
+
+/// A value that overflowed upward is the largest finite one: a logit of +inf would make the
+/// row's distribution undefined (inf - inf), while the saturated row keeps its limit, all mass
+/// on its largest logits. Downward overflow to -inf stays: it masks the token, as it does
+/// in the reference.
+#[inline(always)]
+pub(crate) fn saturate(v: f32) -> f32 {
+    if v > f32::MAX {
+        f32::MAX
+    } else {
+        v
     }
 }
 
