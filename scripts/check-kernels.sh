@@ -23,8 +23,12 @@ if ! command -v nvcc >/dev/null 2>&1; then
         echo "check-kernels: skipped: no nvcc on PATH and no CUDA toolchain recipe (../shared/gpu/cuda-toolchain.sh or \$CUDA_TOOLCHAIN_SH)"
         exit 0
     fi
-    # shellcheck disable=SC1090
-    source "$tc" >&2
+    # The recipe prints the exports; when it cannot install (offline), there is nothing to check.
+    if ! exports=$(bash "$tc"); then
+        echo "check-kernels: skipped: the CUDA toolchain recipe $tc could not install the toolchain"
+        exit 0
+    fi
+    eval "$exports"
 fi
 
 out=${KERNEL_CHECK_OUT:-}

@@ -174,3 +174,64 @@ fn upward_overflow_saturates_on_both_paths() {
         }
     }
 }
+
+/// On the CPU, turning validation off changes nothing: the fused op checks every row during its
+/// one pass and the plain path always checks, so bad logits and history ids give the same typed
+/// errors with validation on and off, on both paths.
+#[test]
+fn cpu_checks_hold_with_validation_off() {
+    use sampler_core::ExecPath;
+    let nan = Tensor::new(&[[0.0f32, 1.0], [f32::NAN, 0.0]], &Device::Cpu).unwrap();
+    let inf = Tensor::new(&[[0.0f32, f32::INFINITY], [0.0, 0.0]], &Device::Cpu).unwrap();
+    let masked = Tensor::new(&[[0.0f32, 1.0], [f32::NEG_INFINITY; 2]], &Device::Cpu).unwrap();
+    let history = History::from_padded_rows(&[vec![0, 5], vec![1, -1]], &Device::Cpu).unwrap();
+    for path in [ExecPath::Plain, ExecPath::Fused] {
+        for validate in [true, false] {
+            let cfg = SamplerConfig {
+                top_k: 1,
+                repetition_penalty: 1.5,
+                ..Default::default()
+            };
+            let mut s = SamplerBuilder::from_config(&cfg, Mode::Ar)
+                .path(path)
+                .build()
+                .unwrap();
+            let ctx = SamplingContext::new(0).with_validation(validate);
+            let what = format!("{path:?}, validation {validate}");
+            let e = s.sample(&nan, &ctx).unwrap_err();
+            assert!(
+                matches!(e, SamplerError::NanLogits { row: 1, .. }),
+                "{what}: {e}"
+            );
+            let e = s.sample(&inf, &ctx).unwrap_err();
+            assert!(
+                matches!(e, SamplerError::PosInfLogits { row: 0, .. }),
+                "{what}: {e}"
+            );
+            let e = s.sample(&masked, &ctx).unwrap_err();
+            assert!(
+                matches!(e, SamplerError::AllMasked { row: 1 }),
+                "{what}: {e}"
+            );
+            let e = s.apply(&masked, &ctx).unwrap_err();
+            assert!(
+                matches!(e, SamplerError::AllMasked { row: 1 }),
+                "{what}: {e}"
+            );
+            let ctx = ctx.with_history(history.clone());
+            let ok = Tensor::new(&[[0.0f32, 1.0], [1.0, 0.0]], &Device::Cpu).unwrap();
+            let e = s.sample(&ok, &ctx).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    SamplerError::TokenOutOfRange {
+                        id: 5,
+                        vocab: 2,
+                        ..
+                    }
+                ),
+                "{what}: {e}"
+            );
+        }
+    }
+}

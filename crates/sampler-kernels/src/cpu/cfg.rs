@@ -22,6 +22,39 @@ fn mean_std(values: impl Iterator<Item = f64> + Clone) -> f64 {
     (dev2 / ((n as f64 - 1.0).max(1.0))).sqrt()
 }
 
+/// Count, shifted sum and shifted sum of squares of a stream, for its sample deviation in one
+/// pass: the shift (the first value) keeps the f64 sums free of cancellation for logits of any
+/// offset.
+#[derive(Default)]
+struct Moments {
+    n: usize,
+    shift: f64,
+    sum: f64,
+    sum2: f64,
+}
+
+impl Moments {
+    fn add(&mut self, v: f64) {
+        if self.n == 0 {
+            self.shift = v;
+        }
+        let d = v - self.shift;
+        self.n += 1;
+        self.sum += d;
+        self.sum2 += d * d;
+    }
+
+    /// The N - 1 standard deviation, as [`mean_std`] computes it; NaN for no values.
+    fn std(&self) -> f64 {
+        if self.n == 0 {
+            return f64::NAN;
+        }
+        let n = self.n as f64;
+        let dev2 = (self.sum2 - self.sum * self.sum / n).max(0.0);
+        (dev2 / (n - 1.0).max(1.0)).sqrt()
+    }
+}
+
 /// The rescale ratio `std(pos) / std(g)` as the plain path applies it (1 when not finite).
 pub(crate) fn ratio(std_pos: f64, std_g: f64) -> f32 {
     let r = (std_pos / std_g) as f32;
@@ -61,10 +94,16 @@ impl Row<'_, '_> {
             let pos = &mut self.s.dense;
             let both = |i: usize, v: f32| v > f32::NEG_INFINITY && null[i] > f32::NEG_INFINITY;
             let r = if rescale != 0.0 {
-                let items = || pos.iter().enumerate().filter(move |&(i, &v)| both(i, v));
-                let sp = mean_std(items().map(|(_, &v)| v as f64));
-                let sg = mean_std(items().map(|(i, &v)| guide(v, null[i]) as f64));
-                Some(ratio(sp, sg))
+                // Both deviations in one pass over the row (a long row is read once here, once
+                // to write).
+                let (mut sp, mut sg) = (Moments::default(), Moments::default());
+                for (i, &v) in pos.iter().enumerate() {
+                    if both(i, v) {
+                        sp.add(v as f64);
+                        sg.add(guide(v, null[i]) as f64);
+                    }
+                }
+                Some(ratio(sp.std(), sg.std()))
             } else {
                 None
             };
@@ -82,5 +121,28 @@ impl Row<'_, '_> {
         }
         self.replaced();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_pass_deviation_equals_the_two_pass_one_at_any_offset() {
+        for offset in [0.0f64, -40.0, 1e4] {
+            let values: Vec<f64> = (0..5000)
+                .map(|i| offset + ((i * 7919) % 1000) as f64 * 0.003)
+                .collect();
+            let mut m = Moments::default();
+            values.iter().for_each(|&v| m.add(v));
+            let want = mean_std(values.iter().copied());
+            assert!(
+                (m.std() - want).abs() <= want * 1e-9,
+                "{offset}: {} vs {want}",
+                m.std()
+            );
+        }
+        assert!(Moments::default().std().is_nan());
     }
 }

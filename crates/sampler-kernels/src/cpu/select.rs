@@ -142,7 +142,8 @@ pub(crate) fn kth_largest_dense(
                     d_hi = d;
                     d = (d_lo + d) / 2.0;
                 }
-                if d_hi - d_lo <= d_hi * 1e-12 {
+                // Until a count has reached k there is no upper bound to close in on.
+                if d_hi.is_finite() && d_hi - d_lo <= d_hi * 1e-12 {
                     break;
                 }
             }
@@ -460,6 +461,47 @@ mod tests {
                     .count();
                 assert_eq!(gathered.len(), want);
             }
+        }
+    }
+
+    /// A long row whose head is far out in the tail (wide logits): the search narrows to a
+    /// small gathered set instead of giving up at its first undercount and gathering the row.
+    #[test]
+    fn kth_largest_dense_gathers_a_small_set_on_a_wide_long_row() {
+        let mut s = 0x2545_f491u64;
+        let x: Vec<f32> = (0..32_000)
+            .map(|_| {
+                let u = (0..4).map(|_| (xorshift(&mut s) >> 40) as f32 / (1u64 << 24) as f32);
+                (u.sum::<f32>() - 2.0) * 8.0 * 1.7
+            })
+            .collect();
+        let mut sorted = x.clone();
+        sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+        // `below`: a value with fewer than k elements at or above it, close to the max (as
+        // min-p's cut is), so the first guess undercounts.
+        for (k, below) in [
+            (1usize, None),
+            (32, None),
+            (32, Some(sorted[4])),
+            (50, Some(sorted[2])),
+        ] {
+            let (mut tmp, mut gathered) = (Vec::new(), Vec::new());
+            let got = kth_largest_dense(
+                &x,
+                vector::ALL_FINITE,
+                k,
+                x.len(),
+                sorted[0],
+                below,
+                &mut tmp,
+                &mut gathered,
+            );
+            assert_eq!(got.value, sorted[k - 1], "k {k}");
+            assert!(
+                gathered.len() <= 4 * k + 64,
+                "k {k}: gathered {}",
+                gathered.len()
+            );
         }
     }
 
