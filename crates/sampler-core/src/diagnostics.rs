@@ -1,6 +1,6 @@
 //! Counters of the device calls the sampler issues, so that tests can hold a step to its call
 //! budget: every candle op the sampler issues outside its fused ops goes through
-//! [`count_ops`]; one-time uploads when a plan is built go through [`count_setup`]. The fused
+//! `count_ops`; one-time uploads when a plan is built go through `count_setup`. The fused
 //! ops count their own launches ([`sampler_kernels::launches`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};

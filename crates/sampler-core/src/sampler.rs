@@ -17,11 +17,15 @@ use crate::processor::{Chain, LogitsProcessor, Selector};
 use crate::processors::entropix::EntropixConfig;
 use crate::processors::*;
 
-/// Builds a sampler in the default order (docs/samplers.md):
-/// [CFG] -> [NAR: ban stop token] -> bans -> logit bias -> repetition penalty (divide or
-/// sign-aware) -> frequency/presence -> [AR: length penalty] -> min-p -> top-k -> top-p ->
+/// Builds a sampler in the default order (docs/samplers.md; steps in parentheses only where
+/// they apply):
+///
+/// ```text
+/// (CFG) -> (NAR: ban stop token) -> bans -> logit bias -> repetition penalty (divide or
+/// sign-aware) -> frequency/presence -> (AR: length penalty) -> min-p -> top-k -> top-p ->
 /// typical-p -> XTC -> temperature (plain, sigmoid dynamic, or entropy dynamic) ->
-/// top-n-sigma -> DRY -> [entropix] -> the selector (mirostat, or the draw).
+/// top-n-sigma -> DRY -> (entropix) -> the selector (mirostat, or the draw)
+/// ```
 ///
 /// Every numeric key ([`Knob`]) takes a scalar or a `[rows]` tensor; a processor whose scalar
 /// value is its "off" value is left out, so the defaults build the reference VALL-E chain.
