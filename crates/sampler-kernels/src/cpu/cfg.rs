@@ -22,37 +22,14 @@ fn mean_std(values: impl Iterator<Item = f64> + Clone) -> f64 {
     (dev2 / ((n as f64 - 1.0).max(1.0))).sqrt()
 }
 
-/// Count, shifted sum and shifted sum of squares of a stream, for its sample deviation in one
-/// pass: the shift (the first value) keeps the f64 sums free of cancellation for logits of any
-/// offset.
-#[derive(Default)]
-struct Moments {
-    n: usize,
-    shift: f64,
-    sum: f64,
-    sum2: f64,
-}
-
-impl Moments {
-    fn add(&mut self, v: f64) {
-        if self.n == 0 {
-            self.shift = v;
-        }
-        let d = v - self.shift;
-        self.n += 1;
-        self.sum += d;
-        self.sum2 += d * d;
+/// The N - 1 standard deviation from a count and the sum and sum of squares of shifted
+/// values, as [`mean_std`] computes it; NaN for no values.
+fn sample_std(n: f64, sum: f64, sum2: f64) -> f64 {
+    if n == 0.0 {
+        return f64::NAN;
     }
-
-    /// The N - 1 standard deviation, as [`mean_std`] computes it; NaN for no values.
-    fn std(&self) -> f64 {
-        if self.n == 0 {
-            return f64::NAN;
-        }
-        let n = self.n as f64;
-        let dev2 = (self.sum2 - self.sum * self.sum / n).max(0.0);
-        (dev2 / (n - 1.0).max(1.0)).sqrt()
-    }
+    let dev2 = (sum2 - sum * sum / n).max(0.0);
+    (dev2 / (n - 1.0).max(1.0)).sqrt()
 }
 
 /// The rescale ratio `std(pos) / std(g)` as the plain path applies it (1 when not finite).
@@ -72,7 +49,7 @@ impl Row<'_, '_> {
             invalid("classifier-free guidance needs the null logits (the unconditional run)")
         })?;
         check_row(null, "null logits", self.inp.row)?;
-        let guide = |pos: f32, nul: f32| vector::saturate(nul + (pos - nul) * strength);
+        let guide = |pos: f32, nul: f32| vector::guide(pos, nul, strength);
         self.editable();
         if self.is_cands() {
             self.retain(|c, _| null[c.id as usize] > f32::NEG_INFINITY);
@@ -92,32 +69,26 @@ impl Row<'_, '_> {
             }
         } else {
             let pos = &mut self.s.dense;
-            let both = |i: usize, v: f32| v > f32::NEG_INFINITY && null[i] > f32::NEG_INFINITY;
             let r = if rescale != 0.0 {
-                // Both deviations in one pass over the row (a long row is read once here, once
-                // to write).
-                let (mut sp, mut sg) = (Moments::default(), Moments::default());
-                for (i, &v) in pos.iter().enumerate() {
-                    if both(i, v) {
-                        sp.add(v as f64);
-                        sg.add(guide(v, null[i]) as f64);
+                // Shift both sums by the first entry they hold, so that they stay free of
+                // cancellation for logits of any offset.
+                let first = pos
+                    .iter()
+                    .zip(null)
+                    .find(|(&v, &q)| v > f32::NEG_INFINITY && q > f32::NEG_INFINITY);
+                match first {
+                    Some((&v, &q)) => {
+                        let (sp, sg) = (v as f64, vector::guide(v, q, strength) as f64);
+                        let [n, p1, p2, g1, g2] =
+                            vector::guided_moments(pos, null, strength, sp, sg);
+                        ratio(sample_std(n, p1, p2), sample_std(n, g1, g2))
                     }
+                    None => ratio(f64::NAN, f64::NAN),
                 }
-                Some(ratio(sp.std(), sg.std()))
             } else {
-                None
+                1.0
             };
-            for (i, v) in pos.iter_mut().enumerate() {
-                *v = if both(i, *v) {
-                    let g = guide(*v, null[i]);
-                    match r {
-                        Some(r) => g * r * rescale + g * (1.0 - rescale),
-                        None => g,
-                    }
-                } else {
-                    f32::NEG_INFINITY
-                };
-            }
+            vector::guide_row(pos, null, strength, r, rescale);
         }
         self.replaced();
         Ok(())
@@ -129,20 +100,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_pass_deviation_equals_the_two_pass_one_at_any_offset() {
-        for offset in [0.0f64, -40.0, 1e4] {
-            let values: Vec<f64> = (0..5000)
-                .map(|i| offset + ((i * 7919) % 1000) as f64 * 0.003)
+    fn one_pass_deviations_equal_the_two_pass_ones_at_any_offset() {
+        for offset in [0.0f32, -40.0, 1e4] {
+            let pos: Vec<f32> = (0..5003)
+                .map(|i| {
+                    if i % 97 == 5 {
+                        f32::NEG_INFINITY
+                    } else {
+                        offset + ((i * 7919) % 1000) as f32 * 0.003
+                    }
+                })
                 .collect();
-            let mut m = Moments::default();
-            values.iter().for_each(|&v| m.add(v));
-            let want = mean_std(values.iter().copied());
+            let null: Vec<f32> = (0..5003)
+                .map(|i| {
+                    if i % 89 == 7 {
+                        f32::NEG_INFINITY
+                    } else {
+                        (i % 13) as f32 * 0.1
+                    }
+                })
+                .collect();
+            let both: Vec<usize> = (0..pos.len())
+                .filter(|&i| pos[i].is_finite() && null[i].is_finite())
+                .collect();
+            let f = both[0];
+            let (sp, sg) = (pos[f] as f64, vector::guide(pos[f], null[f], 1.5) as f64);
+            let [n, p1, p2, g1, g2] = vector::guided_moments(&pos, &null, 1.5, sp, sg);
+            assert_eq!(n as usize, both.len());
+            let want_p = mean_std(both.iter().map(|&i| pos[i] as f64));
+            let want_g = mean_std(
+                both.iter()
+                    .map(|&i| vector::guide(pos[i], null[i], 1.5) as f64),
+            );
+            let (got_p, got_g) = (sample_std(n, p1, p2), sample_std(n, g1, g2));
             assert!(
-                (m.std() - want).abs() <= want * 1e-9,
-                "{offset}: {} vs {want}",
-                m.std()
+                (got_p - want_p).abs() <= want_p * 1e-9,
+                "{offset}: {got_p} vs {want_p}"
+            );
+            assert!(
+                (got_g - want_g).abs() <= want_g * 1e-9,
+                "{offset}: {got_g} vs {want_g}"
             );
         }
-        assert!(Moments::default().std().is_nan());
+        assert!(sample_std(0.0, 0.0, 0.0).is_nan());
     }
 }

@@ -338,9 +338,12 @@ pub(crate) fn top_p_last(c: &[Cand], q: &[f64], p: f64, scratch: &mut TopPScratc
 pub(crate) fn lowest_key_reaching(items: &mut [(f64, f64)], target: f64) -> f64 {
     let mut m = items.len();
     let mut below = 0f64;
+    // Set when a bucketing pass could not split the window (infinite keys make the bucket
+    // width infinite): the window is sorted instead.
+    let mut stuck = false;
     loop {
         let win = &mut items[..m];
-        if m <= SORTED {
+        if m <= SORTED || stuck {
             win.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
             let mut i = 0;
             while i < m {
@@ -397,6 +400,7 @@ pub(crate) fn lowest_key_reaching(items: &mut [(f64, f64)], target: f64) -> f64 
                 k += 1;
             }
         }
+        stuck = k == m;
         m = k;
     }
 }
@@ -546,6 +550,20 @@ mod tests {
                 assert_eq!(ids, want, "case {case} p {p}");
             }
         }
+    }
+
+    /// Infinite keys (the score of a token whose probability underflowed to 0) make every
+    /// bucket as wide as the range: the search still ends, at the right key.
+    #[test]
+    fn lowest_key_reaching_ends_with_infinite_keys() {
+        let mut items: Vec<(f64, f64)> = (0..2000)
+            .map(|i| (if i % 3 == 0 { f64::INFINITY } else { i as f64 }, 1.0))
+            .collect();
+        // Keys 1, 2, 4, 5, ...: the 10th finite key from the bottom reaches a mass of 10.
+        assert_eq!(lowest_key_reaching(&mut items, 10.0), 14.0);
+        let mut all_inf = vec![(f64::INFINITY, 1.0); 600];
+        all_inf.push((0.0, 1.0));
+        assert_eq!(lowest_key_reaching(&mut all_inf, 300.0), f64::INFINITY);
     }
 
     #[test]

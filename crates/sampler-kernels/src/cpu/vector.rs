@@ -266,6 +266,85 @@ fn divide_body(x: &mut [f32], d: f32) {
     }
 }
 
+multiversion! {
+    /// Over the entries where both `pos` and `null` are finite: the count and the sums and
+    /// sums of squares of `pos - shift_p` and of `guided - shift_g`, where `guided` is
+    /// [`guide`]`(pos, null, strength)`, in f64. Eight lanes of independent sums let the loop
+    /// vectorise (f64 adds are not reordered otherwise).
+    pub(crate) fn guided_moments(
+        pos: &[f32],
+        null: &[f32],
+        strength: f32,
+        shift_p: f64,
+        shift_g: f64
+    ) -> [f64; 5] = guided_moments_body;
+}
+
+#[inline(always)]
+fn guided_moments_body(
+    pos: &[f32],
+    null: &[f32],
+    strength: f32,
+    shift_p: f64,
+    shift_g: f64,
+) -> [f64; 5] {
+    const L: usize = 8;
+    let mut acc = [[0f64; L]; 5];
+    let mut add = |j: usize, p: f32, q: f32| {
+        let ok = (p > f32::NEG_INFINITY) & (q > f32::NEG_INFINITY);
+        let dp = if ok { p as f64 - shift_p } else { 0.0 };
+        let dg = if ok {
+            guide(p, q, strength) as f64 - shift_g
+        } else {
+            0.0
+        };
+        acc[0][j] += if ok { 1.0 } else { 0.0 };
+        acc[1][j] += dp;
+        acc[2][j] += dp * dp;
+        acc[3][j] += dg;
+        acc[4][j] += dg * dg;
+    };
+    let n = pos.len().min(null.len());
+    let (pc, qc) = (pos[..n].chunks_exact(L), null[..n].chunks_exact(L));
+    let (pt, qt) = (pc.remainder(), qc.remainder());
+    for (p, q) in pc.zip(qc) {
+        for j in 0..L {
+            add(j, p[j], q[j]);
+        }
+    }
+    for (&p, &q) in pt.iter().zip(qt) {
+        add(0, p, q);
+    }
+    acc.map(|lanes| lanes.iter().sum())
+}
+
+multiversion! {
+    /// `pos[i] = g * r * rescale + g * (1 - rescale)` with `g` the guided value where both
+    /// inputs are finite, `-inf` elsewhere; `rescale = 0` leaves `g`.
+    pub(crate) fn guide_row(pos: &mut [f32], null: &[f32], strength: f32, r: f32, rescale: f32) -> () = guide_row_body;
+}
+
+#[inline(always)]
+fn guide_row_body(pos: &mut [f32], null: &[f32], strength: f32, r: f32, rescale: f32) {
+    for (v, &q) in pos.iter_mut().zip(null) {
+        let g = guide(*v, q, strength);
+        // A guided value that overflowed down to -inf stays removed (0 * -inf is NaN).
+        let ok = (*v > f32::NEG_INFINITY) & (q > f32::NEG_INFINITY) & (g > f32::NEG_INFINITY);
+        let out = if rescale == 0.0 {
+            g
+        } else {
+            g * r * rescale + g * (1.0 - rescale)
+        };
+        *v = if ok { out } else { f32::NEG_INFINITY };
+    }
+}
+
+/// Classifier-free guidance of one entry: `null + (pos - null) * strength`, saturated.
+#[inline(always)]
+pub(crate) fn guide(pos: f32, null: f32, strength: f32) -> f32 {
+    saturate(null + (pos - null) * strength)
+}
+
 /// A value that overflowed upward is the largest finite one: a logit of +inf would make the
 /// row's distribution undefined (inf - inf), while the saturated row keeps its limit, all mass
 /// on its largest logits. Downward overflow to -inf stays: it masks the token, as it does
