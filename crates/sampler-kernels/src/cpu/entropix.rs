@@ -247,15 +247,7 @@ impl Row<'_, '_> {
             self.retain(|x, _| x.v >= vk);
         }
         if top_p < 1.0 && !self.s.cands.is_empty() {
-            self.cand_probs();
-            let Scratch {
-                cands,
-                f64b,
-                top_p: top_p_scratch,
-                ..
-            } = &mut *self.s;
-            let last = select::top_p_last(cands, f64b, top_p as f64, top_p_scratch);
-            self.retain(|c, _| select::by_rank(c, &last) != std::cmp::Ordering::Greater);
+            self.retain_nucleus(top_p);
         }
         if state == st::ADAPTIVE {
             let Scratch { cands, f64b, .. } = &mut *self.s;

@@ -153,6 +153,11 @@ impl Row<'_, '_> {
         if self.s.cands.is_empty() {
             return;
         }
+        self.retain_nucleus(top_p);
+    }
+
+    /// Keeps the candidates of the top-p nucleus (the candidate list must not be empty).
+    pub(crate) fn retain_nucleus(&mut self, top_p: f32) {
         self.cand_probs();
         let Scratch {
             cands,
